@@ -1,0 +1,87 @@
+"""Argument checking and conversion at the kernel boundary: everything becomes float32 numpy."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from .errors import QAValueError
+
+MIN_BITWIDTH, MAX_BITWIDTH = 2, 32
+
+
+def where(name: Optional[str]) -> str:
+    """A prefix that names the quantizer or tensor an error is about."""
+    return f"{name}: " if name else ""
+
+
+def as_float32(x: Any, what: str = "x", name: Optional[str] = None) -> np.ndarray:
+    """x as a C-contiguous float32 array; other float dtypes are converted, the rest refused."""
+    arr = np.asarray(x)
+    if arr.dtype == np.float32:
+        return np.ascontiguousarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise QAValueError(
+            f"{where(name)}{what} must be a floating-point array, got dtype {arr.dtype}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_bitwidth(bitwidth: Any, name: Optional[str] = None) -> int:
+    try:
+        bw = operator.index(bitwidth)
+    except TypeError:
+        raise QAValueError(f"{where(name)}bitwidth must be an integer, got {bitwidth!r}") from None
+    if not MIN_BITWIDTH <= bw <= MAX_BITWIDTH:
+        raise QAValueError(
+            f"{where(name)}bitwidth must be between {MIN_BITWIDTH} and {MAX_BITWIDTH}, got {bw}"
+        )
+    return bw
+
+
+def num_steps(bitwidth: int, strict: bool = False) -> float:
+    """Number of quantization steps: 2^bw - 1 levels apart, one fewer when strict symmetric."""
+    return float(2**bitwidth - 1 - (1 if strict else 0))
+
+
+def normalize_axis(axis: Any, ndim: int, name: Optional[str] = None) -> int:
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise QAValueError(f"{where(name)}axis must be an integer or None, got {axis!r}") from None
+    if not -ndim <= ax < ndim:
+        raise QAValueError(
+            f"{where(name)}axis {ax} is out of range for a tensor with {ndim} dimension(s)"
+        )
+    return ax % ndim
+
+
+def channel_layout(shape: Tuple[int, ...], axis: int) -> Tuple[int, int, int]:
+    """View a tensor as [outer, channels, inner] around `axis`."""
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    return outer, int(shape[axis]), inner
+
+
+def per_channel_param(
+    value: Any, channels: Optional[int], what: str, name: Optional[str] = None
+) -> np.ndarray:
+    """A scale/offset as a float64 vector of length `channels` (or a 1-vector per tensor)."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if channels is None:
+        if arr.size != 1:
+            raise QAValueError(
+                f"{where(name)}{what} has {arr.size} values; pass axis= for per-channel "
+                f"quantization or a single value per tensor"
+            )
+        return arr
+    if arr.size == 1:
+        return np.full(channels, arr[0])
+    if arr.size != channels:
+        raise QAValueError(
+            f"{where(name)}{what} has {arr.size} values but the tensor has {channels} "
+            f"channels along the quantization axis"
+        )
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,301 @@
+"""Streaming observers over the C++ kernels: min/max, fixed-size histograms, error statistics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_float32, channel_layout, normalize_axis, where
+from .errors import QAValueError
+
+__all__ = ["MinMax", "minmax", "RunningMinMax", "Histogram", "ErrorStats"]
+
+
+class MinMax(Tuple[Any, Any, Any, Any, Any]):
+    """(min, max, n_nan, n_posinf, n_neginf) of the finite values; arrays when per channel."""
+
+    __slots__ = ()
+
+    def __new__(cls, min, max, n_nan, n_posinf, n_neginf):  # noqa: A002
+        return super().__new__(cls, (min, max, n_nan, n_posinf, n_neginf))
+
+    min = property(lambda self: self[0])
+    max = property(lambda self: self[1])
+    n_nan = property(lambda self: self[2])
+    n_posinf = property(lambda self: self[3])
+    n_neginf = property(lambda self: self[4])
+
+    def __repr__(self) -> str:
+        return (f"MinMax(min={self.min!r}, max={self.max!r}, n_nan={self.n_nan!r}, "
+                f"n_posinf={self.n_posinf!r}, n_neginf={self.n_neginf!r})")
+
+
+def _layout(x: np.ndarray, axis: Optional[int], name: Optional[str]):
+    if axis is None:
+        return None
+    if x.ndim == 0:
+        raise QAValueError(f"{where(name)}per-channel statistics need a tensor with an axis, got a scalar")
+    return channel_layout(x.shape, normalize_axis(axis, x.ndim, name))
+
+
+def minmax(x: Any, axis: Optional[int] = None, *, name: Optional[str] = None) -> MinMax:
+    """Min and max of the finite values of x, and how many NaN, +inf and -inf it holds.
+
+    Args:
+        x: array of floats (converted to float32).
+        axis: None for the whole tensor, or the channel axis for one result per channel.
+        name: tensor name used in error messages.
+
+    Returns:
+        A MinMax; min is +inf and max -inf where there was no finite value.
+
+    Example:
+        >>> import numpy as np
+        >>> minmax(np.array([1.0, np.nan, -2.0, np.inf], dtype=np.float32))
+        MinMax(min=-2.0, max=1.0, n_nan=1, n_posinf=1, n_neginf=0)
+    """
+    x = as_float32(x, name=name)
+    layout = _layout(x, axis, name)
+    if layout is None:
+        return MinMax(*_core.minmax(x))
+    if layout[1] == 0:
+        raise QAValueError(f"{where(name)}axis {axis} has no channels (shape {x.shape})")
+    return MinMax(*_core.minmax_per_channel(x, *layout))
+
+
+class RunningMinMax:
+    """Min and max over any number of batches, per tensor or per channel; counts non-finite values.
+
+    Example:
+        >>> import numpy as np
+        >>> obs = RunningMinMax()
+        >>> obs.update(np.array([0.5, -1.0], dtype=np.float32))
+        >>> obs.update(np.array([3.0, np.nan], dtype=np.float32))
+        >>> obs.min, obs.max, obs.n_nan
+        (-1.0, 3.0, 1)
+    """
+
+    def __init__(self, axis: Optional[int] = None, *, name: Optional[str] = None) -> None:
+        self.axis = axis
+        self.name = name
+        self.channels: Optional[int] = None
+        self.min: Any = math.inf
+        self.max: Any = -math.inf
+        self.n_nan: Any = 0
+        self.n_posinf: Any = 0
+        self.n_neginf: Any = 0
+        self.batches = 0
+
+    @property
+    def seen_finite(self) -> bool:
+        return bool(np.any(np.isfinite(self.min)))
+
+    def _check_channels(self, x: np.ndarray) -> Optional[Tuple[int, int, int]]:
+        layout = _layout(x, self.axis, self.name)
+        if layout is not None:
+            if self.channels is None:
+                self._start_channels(layout[1])
+            elif layout[1] != self.channels:
+                raise QAValueError(
+                    f"{where(self.name)}batch has {layout[1]} channels along axis {self.axis}, "
+                    f"earlier batches had {self.channels}"
+                )
+        return layout
+
+    def _start_channels(self, channels: int) -> None:
+        if channels == 0:
+            raise QAValueError(f"{where(self.name)}axis {self.axis} has no channels")
+        self.channels = channels
+        self.min = np.full(channels, math.inf)
+        self.max = np.full(channels, -math.inf)
+        self.n_nan = np.zeros(channels, np.int64)
+        self.n_posinf = np.zeros(channels, np.int64)
+        self.n_neginf = np.zeros(channels, np.int64)
+
+    def _merge(self, mm: MinMax) -> None:
+        self.min = np.minimum(self.min, mm.min) if self.axis is not None else min(self.min, mm.min)
+        self.max = np.maximum(self.max, mm.max) if self.axis is not None else max(self.max, mm.max)
+        self.n_nan = self.n_nan + mm.n_nan
+        self.n_posinf = self.n_posinf + mm.n_posinf
+        self.n_neginf = self.n_neginf + mm.n_neginf
+        self.batches += 1
+
+    def _batch_minmax(self, x: Any) -> Tuple[np.ndarray, Optional[Tuple[int, int, int]], MinMax]:
+        x = as_float32(x, name=self.name)
+        layout = self._check_channels(x)
+        mm = MinMax(*(_core.minmax(x) if layout is None else _core.minmax_per_channel(x, *layout)))
+        return x, layout, mm
+
+    def update(self, x: Any) -> None:
+        """Add one batch (any shape; per channel, the channel count must not change)."""
+        _, _, mm = self._batch_minmax(x)
+        self._merge(mm)
+
+
+class Histogram(RunningMinMax):
+    """A fixed-size streaming histogram (per tensor or per channel) whose range grows exactly.
+
+    The first batch with finite values sets the range to its min..max. When later data falls
+    outside, the bin width grows by a whole factor and the low edge moves by whole bins, so
+    every old bin lands in exactly one new bin: nothing is dropped, the total count is exact,
+    and memory stays ``bins`` counters (per channel). NaN and inf are counted, not binned.
+    Exact min/max are kept alongside, so ``tf`` encodings do not depend on batch order.
+
+    Args:
+        bins: number of bins (default 2048).
+        axis: None, or the channel axis for one histogram per channel.
+        name: quantizer name used in error messages.
+
+    Example:
+        >>> import numpy as np
+        >>> h = Histogram(bins=4)
+        >>> h.update(np.array([0.0, 1.0, 2.0, 3.0, 4.0], dtype=np.float32))
+        >>> h.counts.tolist(), h.total
+        ([1, 1, 1, 2], 5)
+        >>> h.update(np.array([8.0], dtype=np.float32))  # grows: width 1 -> 2
+        >>> h.counts.tolist(), h.width, h.total
+        ([2, 3, 0, 1], 2.0, 6)
+    """
+
+    def __init__(self, bins: int = 2048, axis: Optional[int] = None, *, name: Optional[str] = None) -> None:
+        super().__init__(axis, name=name)
+        if int(bins) < 2:
+            raise QAValueError(f"{where(name)}a histogram needs at least 2 bins, got {bins}")
+        self.bins = int(bins)
+        self.counts = np.zeros(self.bins, np.int64)
+        self.lo: Any = math.nan
+        self.width: Any = math.nan
+
+    def _start_channels(self, channels: int) -> None:
+        super()._start_channels(channels)
+        self.counts = np.zeros((channels, self.bins), np.int64)
+        self.lo = np.full(channels, math.nan)
+        self.width = np.full(channels, math.nan)
+
+    @property
+    def total(self) -> Any:
+        """Number of finite values binned (per channel when per channel)."""
+        return self.counts.sum(axis=-1)
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Bin edges, shape [bins + 1] (or [channels, bins + 1])."""
+        steps = np.arange(self.bins + 1, dtype=np.float64)
+        if self.axis is None:
+            return self.lo + steps * self.width
+        return self.lo[:, None] + steps[None, :] * self.width[:, None]
+
+    def _initial_range(self, lo: float, hi: float) -> Tuple[float, float]:
+        span = hi - lo
+        if span <= 0 or not math.isfinite(span):
+            # Constant data: a small range around the value; growth widens it exactly later.
+            span = max(abs(lo) * 2.0**-16, 2.0**-60)
+            lo -= span / 2
+        return lo, span / self.bins
+
+    def update(self, x: Any) -> None:
+        """Add one batch: grow the range if needed, then bin every finite value."""
+        x, layout, mm = self._batch_minmax(x)
+        if layout is None:
+            if mm.min <= mm.max:  # the batch has finite values
+                if not math.isfinite(self.lo):
+                    self.lo, self.width = self._initial_range(mm.min, mm.max)
+                else:
+                    self.lo, self.width, _ = _core.histogram_grow(self.counts, self.lo, self.width, mm.min, mm.max)
+                _core.histogram_add(x, self.lo, self.width, self.counts)
+        else:
+            has = mm.min <= mm.max
+            for c in np.flatnonzero(has):
+                if not math.isfinite(self.lo[c]):
+                    self.lo[c], self.width[c] = self._initial_range(mm.min[c], mm.max[c])
+                else:
+                    self.lo[c], self.width[c], _ = _core.histogram_grow(
+                        self.counts[c], self.lo[c], self.width[c], mm.min[c], mm.max[c])
+            started = np.isfinite(self.lo)
+            _core.histogram_add_per_channel(
+                x, *layout, np.where(started, self.lo, 0.0), np.where(started, self.width, 1.0), self.counts)
+        self._merge(mm)
+
+    def quantile(self, q: float) -> Any:
+        """Value at quantile q in [0, 1], interpolated inside bins (NaN where nothing was seen)."""
+        if self.axis is None:
+            if not math.isfinite(self.lo):
+                return math.nan
+            return _core.histogram_quantile(self.counts, self.lo, self.width, q)
+        return np.array([
+            _core.histogram_quantile(self.counts[c], self.lo[c], self.width[c], q)
+            if math.isfinite(self.lo[c]) else math.nan
+            for c in range(self.channels or 0)
+        ])
+
+
+class ErrorStats:
+    """Accumulates the error between a reference and a test tensor over batches, in double.
+
+    Pairs where either value is NaN or inf are counted in ``n_nonfinite`` and left out.
+
+    Example:
+        >>> import numpy as np
+        >>> e = ErrorStats()
+        >>> e.update(np.array([1.0, 2.0], np.float32), np.array([1.0, 2.5], np.float32))
+        >>> e.mse, e.max_abs_error, e.count
+        (0.125, 0.5, 2)
+    """
+
+    def __init__(self, *, name: Optional[str] = None) -> None:
+        self.name = name
+        self._acc = np.zeros(7, np.float64)
+
+    def update(self, ref: Any, test: Any) -> None:
+        ref = as_float32(ref, "ref", self.name)
+        test = as_float32(test, "test", self.name)
+        if ref.shape != test.shape:
+            raise QAValueError(
+                f"{where(self.name)}reference shape {ref.shape} and test shape {test.shape} differ"
+            )
+        _core.error_stats(ref, test, self._acc)
+
+    @property
+    def count(self) -> int:
+        return int(self._acc[5])
+
+    @property
+    def n_nonfinite(self) -> int:
+        return int(self._acc[6])
+
+    @property
+    def mse(self) -> float:
+        return float(self._acc[0] / self._acc[5]) if self._acc[5] else math.nan
+
+    @property
+    def sqnr_db(self) -> float:
+        """10 log10(signal power / noise power); inf when there is no error."""
+        sse, srr = self._acc[0], self._acc[1]
+        if not self._acc[5]:
+            return math.nan
+        if sse == 0:
+            return math.inf
+        if srr == 0:
+            return -math.inf
+        return float(10.0 * math.log10(srr / sse))
+
+    @property
+    def cosine(self) -> float:
+        srr, stt, dot = self._acc[1], self._acc[2], self._acc[3]
+        if srr == 0 and stt == 0:
+            return 1.0 if self._acc[5] else math.nan
+        if srr == 0 or stt == 0:
+            return 0.0
+        return float(dot / math.sqrt(srr * stt))
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(self._acc[4])
+
+    def as_dict(self) -> dict:
+        return {"mse": self.mse, "sqnr_db": self.sqnr_db, "cosine": self.cosine,
+                "max_abs_error": self.max_abs_error, "count": self.count,
+                "n_nonfinite": self.n_nonfinite}
