@@ -11,14 +11,23 @@ namespace qa {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kBlock = 2048;
 
 struct MinMaxF {
   float lo = kInf, hi = -kInf;
   int64_t nan = 0, pinf = 0, ninf = 0;
 };
 
+void merge(MinMaxF* a, const MinMaxF& b) {
+  a->lo = std::min(a->lo, b.lo);
+  a->hi = std::max(a->hi, b.hi);
+  a->nan += b.nan;
+  a->pinf += b.pinf;
+  a->ninf += b.ninf;
+}
+
 // Vectorizable: non-finite values are replaced by neutral elements instead of branching.
-MinMaxF minmax_run(const float* x, int64_t n) {
+MinMaxF minmax_careful(const float* x, int64_t n) {
   float lo = kInf, hi = -kInf;
   int64_t nan = 0, pinf = 0, ninf = 0;
 #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : nan, pinf, ninf)
@@ -34,38 +43,67 @@ MinMaxF minmax_run(const float* x, int64_t n) {
   return {lo, hi, nan, pinf, ninf};
 }
 
-void merge(MinMaxF* a, const MinMaxF& b) {
-  a->lo = std::min(a->lo, b.lo);
-  a->hi = std::max(a->hi, b.hi);
-  a->nan += b.nan;
-  a->pinf += b.pinf;
-  a->ninf += b.ninf;
+// Fast path for blocks without NaN/inf (the usual case): plain min/max plus a sticky
+// "x - x" sum that turns NaN when any value is not finite; such blocks are redone carefully.
+QA_HOT MinMaxF minmax_run(const float* x, int64_t n) {
+  MinMaxF total;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    const float* xb = x + b;
+    float lo = kInf, hi = -kInf, flag = 0.0f;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : flag)
+    for (int64_t i = 0; i < m; ++i) {
+      lo = std::min(lo, xb[i]);
+      hi = std::max(hi, xb[i]);
+      flag += xb[i] - xb[i];
+    }
+    MinMaxF part = flag == 0.0f ? MinMaxF{lo, hi, 0, 0, 0} : minmax_careful(xb, m);
+    merge(&total, part);
+  }
+  return total;
 }
+
 
 inline int64_t bin_of(float v, double lo, double inv_width, int64_t nbins) {
   double f = (static_cast<double>(v) - lo) * inv_width;
-  f = std::min(std::max(f, 0.0), static_cast<double>(nbins - 1));
+  // max(0, NaN) is 0 (std::max returns its first argument when unordered): always in range.
+  f = std::min(std::max(0.0, f), static_cast<double>(nbins - 1));
   return static_cast<int64_t>(f);
 }
 
-// Four interleaved count arrays hide the store-to-load latency of repeated hits on one bin.
-void histogram_run(const float* x, int64_t n, double lo, double inv_width, int64_t* counts,
-                   int64_t nbins) {
+// Bin indices are computed a block at a time (vectorized), then counted into four interleaved
+// count arrays, which hides the store-to-load latency of repeated hits on one bin.
+QA_HOT void histogram_run(const float* x, int64_t n, double lo, double inv_width, int64_t* counts,
+                          int64_t nbins) {
   std::vector<int64_t> sub(4 * nbins, 0);
-  int64_t* h0 = sub.data();
-  int64_t* h1 = h0 + nbins;
-  int64_t* h2 = h1 + nbins;
-  int64_t* h3 = h2 + nbins;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
-    h0[bin_of(a, lo, inv_width, nbins)] += is_finite(a);
-    h1[bin_of(b, lo, inv_width, nbins)] += is_finite(b);
-    h2[bin_of(c, lo, inv_width, nbins)] += is_finite(c);
-    h3[bin_of(d, lo, inv_width, nbins)] += is_finite(d);
+  int64_t* h[4] = {sub.data(), sub.data() + nbins, sub.data() + 2 * nbins, sub.data() + 3 * nbins};
+  alignas(64) int32_t idx[kBlock];
+  const double top = static_cast<double>(nbins - 1);
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    const float* xb = x + b;
+    float flag = 0.0f;
+#pragma omp simd reduction(+ : flag)
+    for (int64_t i = 0; i < m; ++i) {
+      double f = (static_cast<double>(xb[i]) - lo) * inv_width;
+      f = std::min(std::max(0.0, f), top);  // max(0, NaN) is 0: a valid index, counted 0 below
+      idx[i] = static_cast<int32_t>(f);
+      flag += xb[i] - xb[i];
+    }
+    if (flag == 0.0f) {
+      int64_t i = 0;
+      for (; i + 4 <= m; i += 4) {
+        ++h[0][idx[i]];
+        ++h[1][idx[i + 1]];
+        ++h[2][idx[i + 2]];
+        ++h[3][idx[i + 3]];
+      }
+      for (; i < m; ++i) ++h[0][idx[i]];
+    } else {
+      for (int64_t i = 0; i < m; ++i) h[0][idx[i]] += is_finite(xb[i]);
+    }
   }
-  for (; i < n; ++i) h0[bin_of(x[i], lo, inv_width, nbins)] += is_finite(x[i]);
-  for (int64_t b = 0; b < nbins; ++b) counts[b] += h0[b] + h1[b] + h2[b] + h3[b];
+  for (int64_t k = 0; k < nbins; ++k) counts[k] += h[0][k] + h[1][k] + h[2][k] + h[3][k];
 }
 
 }  // namespace

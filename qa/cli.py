@@ -1,0 +1,85 @@
+"""The ``qa`` command line: version, a kernel self-check, and (later) demo and report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import List, Optional
+
+from ._version import __version__
+
+
+def _selfcheck(args: argparse.Namespace) -> int:
+    """Run every kernel once on synthetic data and check the results against numpy."""
+    import numpy as np
+
+    from . import kernels
+
+    rng = np.random.default_rng(args.seed)
+    n = args.elements
+    x = rng.standard_normal(n, dtype=np.float32) * np.float32(2.0)
+    x[rng.integers(0, n, 8)] *= np.float32(25.0)  # a few outliers for TF-Enhanced to clip
+    w = rng.standard_normal((64, 3, 3, 3), dtype=np.float32)
+    failures: List[str] = []
+
+    def check(label: str, ok: bool, detail: str) -> None:
+        print(f"  {'ok  ' if ok else 'FAIL'} {label:<28} {detail}")
+        if not ok:
+            failures.append(label)
+
+    t0 = time.perf_counter()
+    print(f"qa {__version__} self-check: {n:,} values, {kernels.max_threads()} CPU thread(s), "
+          f"CUDA {'available' if kernels.has_cuda() else 'not available'}")
+    hist = kernels.Histogram(2048)
+    for batch in np.array_split(x, 8):
+        hist.update(batch)
+    check("histogram", int(hist.total) == n, f"{int(hist.total):,} values in 2048 bins, range grew exactly")
+    encs = {s: kernels.compute_encoding(hist, s, 8) for s in ("tf", "tf_enhanced", "percentile")}
+    tf = encs["tf"]
+    check("tf encoding", np.isclose(tf.min, min(x.min(), 0), atol=tf.scale) and np.isclose(tf.max, x.max(), atol=tf.scale),
+          f"[{tf.min:.4f}, {tf.max:.4f}]")
+    err = {}
+    for scheme, enc in encs.items():
+        e = kernels.ErrorStats()
+        e.update(x, enc.fake_quantize(x))
+        err[scheme] = e
+    check("tf_enhanced beats tf", err["tf_enhanced"].sqnr_db > err["tf"].sqnr_db,
+          "SQNR " + ", ".join(f"{s} {e.sqnr_db:.1f} dB" for s, e in err.items()))
+    q = tf.fake_quantize(x)
+    ref = (np.clip(np.round(x * (np.float32(1) / np.float32(tf.scale))), tf.offset, tf.offset + 255) * np.float32(tf.scale)).astype(np.float32)
+    check("fake quantize vs numpy", np.array_equal(q, ref), "bit-exact, 8 bit per tensor")
+    wenc = kernels.compute_encoding(_observed(kernels.RunningMinMax(axis=0), w), "tf", 4, symmetric=True)
+    wq = wenc.fake_quantize(w)
+    levels = max(len(np.unique(wq[c])) for c in range(w.shape[0]))
+    check("per-channel 4-bit weights", levels <= 16, f"{w.shape[0]} channels, at most {levels} levels each")
+    print(f"done in {time.perf_counter() - t0:.2f} s: {'all checks passed' if not failures else 'FAILED: ' + ', '.join(failures)}")
+    return 1 if failures else 0
+
+
+def _observed(obs, data):
+    obs.update(data)
+    return obs
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``qa`` command."""
+    parser = argparse.ArgumentParser(prog="qa", description="Find where a network loses accuracy when quantized.")
+    parser.add_argument("--version", action="version", version=f"qa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("selfcheck", help="run every C++ kernel once and check it against numpy")
+    p.add_argument("--elements", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_selfcheck)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
