@@ -149,6 +149,25 @@ PYBIND11_MODULE(_core, m) {
           return py::make_tuple(lo, width, k);
         });
 
+  m.def("histogram_grow_per_channel",
+        [](py::array& counts, py::array& lo, py::array& width, const py::array& need_lo,
+           const py::array& need_hi) {
+          const py::ssize_t channels = lo.size();
+          int64_t* cp = data_of<int64_t>(counts, "counts", true);
+          const int64_t nbins = nbins_of(counts, channels);
+          double* lp = data_of<double>(lo, "lo", true);
+          double* wp = data_of<double>(width, "width", true, channels);
+          const double* a = data_of<double>(need_lo, "need_lo", false, channels);
+          const double* b = data_of<double>(need_hi, "need_hi", false, channels);
+          // Channels without data in this batch (need_lo > need_hi) are left alone.
+          for (py::ssize_t c = 0; c < channels; ++c)
+            if (a[c] <= b[c] && (!(wp[c] > 0) || !std::isfinite(a[c]) || !std::isfinite(b[c])))
+              throw py::value_error("histogram_grow needs width > 0 and finite ranges");
+          py::gil_scoped_release release;
+          for (py::ssize_t c = 0; c < channels; ++c)
+            if (a[c] <= b[c]) qa::histogram_grow(cp + c * nbins, nbins, lp + c, wp + c, a[c], b[c]);
+        });
+
   m.def("tf_enhanced_search",
         [](const py::array& counts, double lo, double width, double obs_min, double obs_max,
            double steps, int mode, double gamma) {

@@ -188,12 +188,15 @@ class Histogram(RunningMinMax):
             return self.lo + steps * self.width
         return self.lo[:, None] + steps[None, :] * self.width[:, None]
 
-    def _initial_range(self, lo: float, hi: float) -> Tuple[float, float]:
+    def _initial_range(self, lo: Any, hi: Any) -> Tuple[Any, Any]:
+        """The first range: the batch's min..max; constant data gets a small range around it."""
+        lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
         span = hi - lo
-        if span <= 0 or not math.isfinite(span):
-            # Constant data: a small range around the value; growth widens it exactly later.
-            span = max(abs(lo) * 2.0**-16, 2.0**-60)
-            lo -= span / 2
+        flat = ~(span > 0)
+        span = np.where(flat, np.maximum(np.abs(lo) * 2.0**-16, 2.0**-60), span)
+        lo = np.where(flat, lo - span / 2, lo)
+        if lo.ndim == 0:
+            return float(lo), float(span / self.bins)
         return lo, span / self.bins
 
     def update(self, x: Any) -> None:
@@ -207,13 +210,11 @@ class Histogram(RunningMinMax):
                     self.lo, self.width, _ = _core.histogram_grow(self.counts, self.lo, self.width, mm.min, mm.max)
                 _core.histogram_add(x, self.lo, self.width, self.counts)
         else:
-            has = mm.min <= mm.max
-            for c in np.flatnonzero(has):
-                if not math.isfinite(self.lo[c]):
-                    self.lo[c], self.width[c] = self._initial_range(mm.min[c], mm.max[c])
-                else:
-                    self.lo[c], self.width[c], _ = _core.histogram_grow(
-                        self.counts[c], self.lo[c], self.width[c], mm.min[c], mm.max[c])
+            new = (mm.min <= mm.max) & ~np.isfinite(self.lo)
+            if new.any():
+                lo, width = self._initial_range(mm.min[new], mm.max[new])
+                self.lo[new], self.width[new] = lo, width
+            _core.histogram_grow_per_channel(self.counts, self.lo, self.width, mm.min, mm.max)
             started = np.isfinite(self.lo)
             _core.histogram_add_per_channel(
                 x, *layout, np.where(started, self.lo, 0.0), np.where(started, self.width, 1.0), self.counts)

@@ -203,7 +203,9 @@ double histogram_grow(int64_t* counts, int64_t nbins, double* lo, double* width,
                       double need_lo, double need_hi) {
   const double old_lo = *lo, old_w = *width;
   const double old_hi = old_lo + nbins * old_w;
-  if (need_lo >= old_lo && need_hi <= old_hi) return 1.0;
+  // A sub-bin overshoot (rounding of lo + nbins * width) is binned into the edge bin instead.
+  const double slack = old_w * 1e-6;
+  if (need_lo >= old_lo - slack && need_hi <= old_hi + slack) return 1.0;
   // Shift the low edge by a whole number of old bins, then widen by a whole factor k.
   const double shift = need_lo < old_lo ? std::ceil((old_lo - need_lo) / old_w) : 0.0;
   const double new_lo = old_lo - shift * old_w;
