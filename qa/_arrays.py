@@ -10,6 +10,8 @@ import numpy as np
 from .errors import QAValueError
 
 MIN_BITWIDTH, MAX_BITWIDTH = 2, 32
+# Integers up to 2^22 are exact in float32 arithmetic; beyond that the kernels use double.
+_FLOAT_EXACT = 2.0**22
 
 
 def where(name: Optional[str]) -> str:
@@ -85,3 +87,18 @@ def per_channel_param(
             f"channels along the quantization axis"
         )
     return np.ascontiguousarray(arr)
+
+
+def check_quant_params(scale: Any, offset: Any, channels: Optional[int], steps: float,
+                       name: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """Validated scale/offset vectors, and whether the integer grid needs double arithmetic."""
+    scale = per_channel_param(scale, channels, "scale", name)
+    offset = per_channel_param(offset, channels, "offset", name)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise QAValueError(f"{where(name)}scale must be finite and positive, got {scale[:8].tolist()}")
+    if not np.all(np.isfinite(offset)) or np.any(offset != np.round(offset)):
+        raise QAValueError(f"{where(name)}offset must hold integers, got {offset[:8].tolist()}")
+    if np.any(np.abs(offset) > 2.0**40):
+        raise QAValueError(f"{where(name)}offset out of range: {offset[:8].tolist()}")
+    span = max(np.abs(offset).max(), np.abs(offset + steps).max())
+    return scale, offset, bool(span >= _FLOAT_EXACT)

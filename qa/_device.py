@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ._arrays import channel_layout, normalize_axis, where
+from ._arrays import channel_layout, check_quant_params, normalize_axis, where
 from .errors import QAError, QAValueError
 
 # DLPack device types whose memory a CUDA kernel can address.
@@ -183,7 +183,6 @@ def fake_quantize(x, scale, offset, bitwidth, axis, out, rounding, steps, name) 
 
     Returns ``out``, or a new ``qa._cuda.DeviceArray`` (``__cuda_array_interface__``).
     """
-    from .kernels import _check_params  # kernels imports this module
 
     cuda = _module()
     vx = _view(x, "x", name)
@@ -193,7 +192,7 @@ def fake_quantize(x, scale, offset, bitwidth, axis, out, rounding, steps, name) 
             raise QAValueError(f"{where(name)}per-channel quantization needs a tensor, got a scalar")
         layout = channel_layout(vx.shape, normalize_axis(axis, len(vx.shape), name))
     channels = None if layout is None else layout[1]
-    scale_v, offset_v, use_double = _check_params(scale, offset, channels, steps, name)
+    scale_v, offset_v, use_double = check_quant_params(scale, offset, channels, steps, name)
     if out is None:
         stream = _work_stream(vx)
         device = _call(name, cuda.device_of, vx.ptr) if vx.size > 0 else -1

@@ -19,8 +19,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _device
-from ._arrays import (as_float32, channel_layout, check_bitwidth, normalize_axis, num_steps,
-                      per_channel_param, where)
+from ._arrays import (as_float32, channel_layout, check_bitwidth, check_quant_params,
+                      normalize_axis, num_steps, where)
 from .encodings import Encoding, compute_encoding, encoding_from_range
 from .errors import QAValueError
 from .observers import ErrorStats, Histogram, MinMax, RunningMinMax, minmax
@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 ROUNDING = {"half_even": 0, "half_away": 1, "half_away_from_zero": 1}
-# Integers up to 2^22 are exact in float32 arithmetic; beyond that the kernels use double.
-_FLOAT_EXACT = 2.0**22
-
-
 def has_cuda() -> bool:
     """True when qa was built with its CUDA kernels and a CUDA device is visible."""
     return _device.available()
@@ -43,19 +39,6 @@ def has_cuda() -> bool:
 def max_threads() -> int:
     """Number of OpenMP threads the CPU kernels use (set OMP_NUM_THREADS before import to change)."""
     return int(_core.max_threads())
-
-
-def _check_params(scale, offset, channels, steps, name):
-    scale = per_channel_param(scale, channels, "scale", name)
-    offset = per_channel_param(offset, channels, "offset", name)
-    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        raise QAValueError(f"{where(name)}scale must be finite and positive, got {scale[:8].tolist()}")
-    if not np.all(np.isfinite(offset)) or np.any(offset != np.round(offset)):
-        raise QAValueError(f"{where(name)}offset must hold integers, got {offset[:8].tolist()}")
-    if np.any(np.abs(offset) > 2.0**40):
-        raise QAValueError(f"{where(name)}offset out of range: {offset[:8].tolist()}")
-    span = max(np.abs(offset).max(), np.abs(offset + steps).max())
-    return scale, offset, bool(span >= _FLOAT_EXACT)
 
 
 def fake_quantize(
@@ -105,7 +88,7 @@ def fake_quantize(
         if src.ndim == 0:
             raise QAValueError(f"{where(name)}per-channel quantization needs a tensor, got a scalar")
         layout = channel_layout(src.shape, normalize_axis(axis, src.ndim, name))
-    scale_v, offset_v, use_double = _check_params(scale, offset, None if layout is None else layout[1], steps, name)
+    scale_v, offset_v, use_double = check_quant_params(scale, offset, None if layout is None else layout[1], steps, name)
 
     if out is None:
         # A converted input is a private copy already: quantize it in place.

@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 from ._arrays import as_float32, channel_layout, normalize_axis, where
 from .errors import QAValueError
 
@@ -41,6 +41,27 @@ def _layout(x: np.ndarray, axis: Optional[int], name: Optional[str]):
     return channel_layout(x.shape, normalize_axis(axis, x.ndim, name))
 
 
+def _prepare(x: Any, axis: Optional[int], name: Optional[str]):
+    """(array, layout, on_device): host data becomes float32 numpy; CUDA arrays stay on the device."""
+    if _device.is_device_array(x):
+        if axis is not None:
+            raise QAValueError(f"{where(name)}per-channel statistics of CUDA arrays are not supported; "
+                               f"copy the tensor to the host first")
+        return x, None, True
+    x = as_float32(x, name=name)
+    return x, _layout(x, axis, name), False
+
+
+def _minmax(x: Any, layout, on_device: bool, name: Optional[str]) -> "MinMax":
+    if on_device:
+        return MinMax(*_device.minmax(x, name))
+    if layout is None:
+        return MinMax(*_core.minmax(x))
+    if layout[1] == 0:
+        raise QAValueError(f"{where(name)}the channel axis has no channels (shape {x.shape})")
+    return MinMax(*_core.minmax_per_channel(x, *layout))
+
+
 def minmax(x: Any, axis: Optional[int] = None, *, name: Optional[str] = None) -> MinMax:
     """Min and max of the finite values of x, and how many NaN, +inf and -inf it holds.
 
@@ -57,13 +78,7 @@ def minmax(x: Any, axis: Optional[int] = None, *, name: Optional[str] = None) ->
         >>> minmax(np.array([1.0, np.nan, -2.0, np.inf], dtype=np.float32))
         MinMax(min=-2.0, max=1.0, n_nan=1, n_posinf=1, n_neginf=0)
     """
-    x = as_float32(x, name=name)
-    layout = _layout(x, axis, name)
-    if layout is None:
-        return MinMax(*_core.minmax(x))
-    if layout[1] == 0:
-        raise QAValueError(f"{where(name)}axis {axis} has no channels (shape {x.shape})")
-    return MinMax(*_core.minmax_per_channel(x, *layout))
+    return _minmax(*_prepare(x, axis, name), name)
 
 
 class RunningMinMax:
@@ -93,17 +108,16 @@ class RunningMinMax:
     def seen_finite(self) -> bool:
         return bool(np.any(np.isfinite(self.min)))
 
-    def _check_channels(self, x: np.ndarray) -> Optional[Tuple[int, int, int]]:
-        layout = _layout(x, self.axis, self.name)
-        if layout is not None:
-            if self.channels is None:
-                self._start_channels(layout[1])
-            elif layout[1] != self.channels:
-                raise QAValueError(
-                    f"{where(self.name)}batch has {layout[1]} channels along axis {self.axis}, "
-                    f"earlier batches had {self.channels}"
-                )
-        return layout
+    def _check_channels(self, layout: Optional[Tuple[int, int, int]]) -> None:
+        if layout is None:
+            return
+        if self.channels is None:
+            self._start_channels(layout[1])
+        elif layout[1] != self.channels:
+            raise QAValueError(
+                f"{where(self.name)}batch has {layout[1]} channels along axis {self.axis}, "
+                f"earlier batches had {self.channels}"
+            )
 
     def _start_channels(self, channels: int) -> None:
         if channels == 0:
@@ -123,16 +137,14 @@ class RunningMinMax:
         self.n_neginf = self.n_neginf + mm.n_neginf
         self.batches += 1
 
-    def _batch_minmax(self, x: Any) -> Tuple[np.ndarray, Optional[Tuple[int, int, int]], MinMax]:
-        x = as_float32(x, name=self.name)
-        layout = self._check_channels(x)
-        mm = MinMax(*(_core.minmax(x) if layout is None else _core.minmax_per_channel(x, *layout)))
-        return x, layout, mm
+    def _batch_minmax(self, x: Any):
+        x, layout, on_device = _prepare(x, self.axis, self.name)
+        self._check_channels(layout)
+        return x, layout, on_device, _minmax(x, layout, on_device, self.name)
 
     def update(self, x: Any) -> None:
         """Add one batch (any shape; per channel, the channel count must not change)."""
-        _, _, mm = self._batch_minmax(x)
-        self._merge(mm)
+        self._merge(self._batch_minmax(x)[-1])
 
 
 class Histogram(RunningMinMax):
@@ -201,14 +213,17 @@ class Histogram(RunningMinMax):
 
     def update(self, x: Any) -> None:
         """Add one batch: grow the range if needed, then bin every finite value."""
-        x, layout, mm = self._batch_minmax(x)
+        x, layout, on_device, mm = self._batch_minmax(x)
         if layout is None:
             if mm.min <= mm.max:  # the batch has finite values
                 if not math.isfinite(self.lo):
                     self.lo, self.width = self._initial_range(mm.min, mm.max)
                 else:
                     self.lo, self.width, _ = _core.histogram_grow(self.counts, self.lo, self.width, mm.min, mm.max)
-                _core.histogram_add(x, self.lo, self.width, self.counts)
+                if on_device:
+                    _device.histogram_add(x, self.lo, self.width, self.counts, self.name)
+                else:
+                    _core.histogram_add(x, self.lo, self.width, self.counts)
         else:
             new = (mm.min <= mm.max) & ~np.isfinite(self.lo)
             if new.any():
@@ -251,6 +266,10 @@ class ErrorStats:
         self._acc = np.zeros(7, np.float64)
 
     def update(self, ref: Any, test: Any) -> None:
+        """Add one batch of (reference, test) pairs of the same shape (numpy or both CUDA)."""
+        if _device.is_device_array(ref) or _device.is_device_array(test):
+            _device.error_stats(ref, test, self._acc, self.name)
+            return
         ref = as_float32(ref, "ref", self.name)
         test = as_float32(test, "test", self.name)
         if ref.shape != test.shape:

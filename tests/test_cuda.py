@@ -330,3 +330,23 @@ def test_unusable_torch_tensors_are_refused(torch_cuda):
     host = np.zeros(4, np.float32)
     with pytest.raises(QAValueError, match="not CUDA device memory"):
         _device.minmax(_CAI(data=(host.ctypes.data, False)))
+
+
+@pytest.mark.cuda
+def test_observers_on_device_match_the_host(torch_cuda):
+    """Histogram, RunningMinMax and ErrorStats keep CUDA batches on the device, same results."""
+    torch = torch_cuda
+    batches = [_nasty(50_000, seed=s, scale=1.0 + s) for s in range(4)]
+    host, dev = kernels.Histogram(), kernels.Histogram()
+    for b in batches:
+        host.update(b)
+        dev.update(torch.from_numpy(b).cuda())
+    np.testing.assert_array_equal(dev.counts, host.counts)
+    assert (dev.lo, dev.width, dev.min, dev.max, dev.n_nan) == (host.lo, host.width, host.min, host.max, host.n_nan)
+    e_host, e_dev = kernels.ErrorStats(), kernels.ErrorStats()
+    e_host.update(batches[0], batches[1])
+    e_dev.update(torch.from_numpy(batches[0]).cuda(), torch.from_numpy(batches[1]).cuda())
+    assert e_dev.count == e_host.count and e_dev.max_abs_error == e_host.max_abs_error
+    assert e_dev.mse == pytest.approx(e_host.mse, rel=1e-9)
+    with pytest.raises(QAValueError, match="per-channel"):
+        kernels.RunningMinMax(axis=0).update(torch.zeros(4, 4, device="cuda"))
