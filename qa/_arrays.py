@@ -20,15 +20,13 @@ def where(name: Optional[str]) -> str:
 
 
 def as_float32(x: Any, what: str = "x", name: Optional[str] = None) -> np.ndarray:
-    """x as a C-contiguous float32 array; other float dtypes are converted, the rest refused."""
+    """x as a C-contiguous float32 array (0-d stays 0-d); other float dtypes are converted."""
     arr = np.asarray(x)
-    if arr.dtype == np.float32:
-        return np.ascontiguousarray(arr)
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype != np.float32 and not np.issubdtype(arr.dtype, np.floating):
         raise QAValueError(
             f"{where(name)}{what} must be a floating-point array, got dtype {arr.dtype}"
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.asarray(arr, dtype=np.float32, order="C")
 
 
 def check_bitwidth(bitwidth: Any, name: Optional[str] = None) -> int:
@@ -96,9 +94,16 @@ def check_quant_params(scale: Any, offset: Any, channels: Optional[int], steps: 
     offset = per_channel_param(offset, channels, "offset", name)
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         raise QAValueError(f"{where(name)}scale must be finite and positive, got {scale[:8].tolist()}")
+
     if not np.all(np.isfinite(offset)) or np.any(offset != np.round(offset)):
         raise QAValueError(f"{where(name)}offset must hold integers, got {offset[:8].tolist()}")
     if np.any(np.abs(offset) > 2.0**40):
         raise QAValueError(f"{where(name)}offset out of range: {offset[:8].tolist()}")
+    if offset.size == 0:  # an empty channel axis: nothing to quantize
+        return scale, offset, False
     span = max(np.abs(offset).max(), np.abs(offset + steps).max())
-    return scale, offset, bool(span >= _FLOAT_EXACT)
+    # float32 arithmetic needs exact integers on the grid and a scale whose float32 value and
+    # reciprocal are normal numbers; anything else is computed in double.
+    f32 = np.finfo(np.float32)
+    odd_scale = np.any(scale < f32.tiny) or np.any(scale > 1.0 / f32.tiny)
+    return scale, offset, bool(span >= _FLOAT_EXACT or odd_scale)

@@ -71,9 +71,15 @@ class Encoding:
         return [one(*v) for v in zip(self.min, self.max, self.scale, self.offset)]
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _from_grid(delta, offset, steps, bitwidth, symmetric, strict, axis) -> Encoding:
     delta = np.asarray(delta, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
+    # Keep both ends of the grid inside float32, or fake quantization of finite data gives inf.
+    top = np.maximum(np.abs(offset), np.abs(offset + steps))
+    delta = np.minimum(delta, _F32_MAX / top * (1 - 2.0**-20))
     mn, mx = offset * delta, (offset + steps) * delta
     if axis is None:
         return Encoding(float(mn), float(mx), float(delta), int(offset), bitwidth, symmetric, strict)
@@ -103,7 +109,8 @@ def encoding_from_range(
     The range is widened to include 0 and to at least 0.01. Asymmetric encodings snap the
     offset so that 0 is exactly representable. Symmetric: ``delta = M / floor(n/2)`` with
     ``M = max(|min|, |max|)``, levels ``-ceil(n/2) .. floor(n/2)``; strict symmetric drops the
-    lowest level; unsigned symmetric (when the range is non-negative) uses ``0 .. n``.
+    lowest level; unsigned symmetric (when the range is non-negative) uses ``0 .. n``. When a
+    range reaches float32's limits, the scale shrinks so that both grid ends stay finite.
 
     Args:
         min, max: observed range (scalars, or one value per channel with ``axis``).
@@ -121,6 +128,14 @@ def encoding_from_range(
     """
     steps = _check_options(bitwidth, symmetric, strict, name)
     lo, hi = np.asarray(min, dtype=np.float64), np.asarray(max, dtype=np.float64)
+    if lo.shape != hi.shape:
+        raise QAValueError(f"{where(name)}min has shape {lo.shape} but max has shape {hi.shape}")
+    if axis is None and lo.size != 1:
+        raise QAValueError(f"{where(name)}{lo.size} min/max values need axis= (per channel) or one value")
+    if axis is not None:
+        lo, hi = lo.reshape(-1), hi.reshape(-1)
+    else:
+        lo, hi = lo.reshape(()), hi.reshape(())
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise QAValueError(f"{where(name)}no finite values to compute an encoding from")
     lo, hi = _widen(lo, hi)

@@ -101,7 +101,9 @@ def fake_quantize(
         if not out.flags.writeable:
             raise QAValueError(f"{where(name)}out is read-only")
         dst = out
-    if layout is None:
+    if src.size == 0:
+        pass  # nothing to quantize (an empty tensor or an empty channel axis)
+    elif layout is None:
         _core.fake_quant_per_tensor(src, dst, float(scale_v[0]), float(offset_v[0]), steps,
                                     ROUNDING[rounding], use_double)
     else:

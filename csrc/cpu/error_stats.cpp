@@ -28,7 +28,7 @@ __attribute__((always_inline)) inline void accumulate(const float* ref, const fl
       t = ok ? t : 0.0;
       finite += ok;
     }
-    const double d = r - t;  // exact: the difference of two floats fits a double
+    const double d = r - t;  // exact unless the exponents differ by more than ~29 (then 1 ulp)
     sse += d * d;
     srr += r * r;
     stt += t * t;
