@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _core, _device
+from . import _core, _device, _memory
 from ._arrays import (as_float32, channel_layout, check_bitwidth, check_quant_params,
                       normalize_axis, num_steps, where)
 from .encodings import Encoding, compute_encoding, encoding_from_range
@@ -28,12 +28,18 @@ from .observers import ErrorStats, Histogram, MinMax, RunningMinMax, minmax
 __all__ = [
     "fake_quantize", "minmax", "MinMax", "RunningMinMax", "Histogram", "ErrorStats",
     "Encoding", "encoding_from_range", "compute_encoding", "has_cuda", "max_threads",
+    "release_cached_memory",
 ]
 
 ROUNDING = {"half_even": 0, "half_away": 1, "half_away_from_zero": 1}
 def has_cuda() -> bool:
     """True when qa was built with its CUDA kernels and a CUDA device is visible."""
     return _device.available()
+
+
+def release_cached_memory() -> int:
+    """Free the large result buffers qa keeps for reuse; returns the number of bytes released."""
+    return _memory.release_cached_memory()
 
 
 def max_threads() -> int:
@@ -92,7 +98,7 @@ def fake_quantize(
 
     if out is None:
         # A converted input is a private copy already: quantize it in place.
-        dst = src if src is not arr and not np.shares_memory(src, arr) else np.empty_like(src)
+        dst = src if src is not arr and not np.shares_memory(src, arr) else _memory.empty(src.shape)
     else:
         if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise QAValueError(f"{where(name)}out must be a C-contiguous float32 numpy array")
