@@ -77,10 +77,12 @@ def test_version_is_consistent():
 
 
 def test_cli_version_and_selfcheck():
-    out = subprocess.run([sys.executable, "-m", "qa", "--version"], capture_output=True, text=True, timeout=60)
+    outside = Path(__file__).anchor  # not the checkout: `-m` would import qa from the source tree
+    out = subprocess.run([sys.executable, "-m", "qa", "--version"], capture_output=True, text=True, timeout=60,
+                         cwd=outside)
     assert out.returncode == 0 and out.stdout.strip() == f"qa {qa.__version__}"
     out = subprocess.run([sys.executable, "-m", "qa", "selfcheck", "--elements", "200000"], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=outside)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all checks passed" in out.stdout
     assert "FAIL" not in out.stdout
