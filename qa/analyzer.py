@@ -1,0 +1,370 @@
+"""QuantAnalyzer: AIMET's analyses for any supported framework, on one engine, written to results_dir."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from ._progress import Progress
+from .errors import QACallbackError, QAError, QAValueError
+from .graph import PARAM
+from .observers import ErrorStats, Histogram
+from .report import SUMMARY_SCHEMA_VERSION, ResultsDir, histogram_record
+from .sim import CallbackFunc, QuantScheme, QuantSim, as_callback, as_score, call_user
+
+__all__ = ["QuantAnalyzer", "AnalysisResult"]
+
+log = logging.getLogger("qa")
+
+
+def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
+    """Pick the adapter by the model's type; a framework is considered only if already imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from .adapters.torch import TorchAdapter
+
+        return TorchAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
+    raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: "
+                       f"qa analyses torch.nn.Module models (ONNX and Keras adapters are coming)")
+
+
+@dataclass
+class AnalysisResult:
+    """Everything one ``analyze`` run found, as written to ``results_dir``.
+
+    Scores are what ``eval_callback`` returned. Per-layer dictionaries are keyed by layer name
+    in execution order; ``per_layer_mse`` and ``per_layer_sqnr_db`` are empty unless
+    ``enable_per_layer_mse_loss`` was called.
+    """
+
+    results_dir: Path
+    quant_scheme: str
+    default_param_bw: int
+    default_output_bw: int
+    fp32_score: Optional[float] = None
+    weight_quantized_score: Optional[float] = None
+    activation_quantized_score: Optional[float] = None
+    quantized_score: Optional[float] = None
+    per_layer_quant_enabled: Dict[str, float] = field(default_factory=dict)
+    per_layer_quant_disabled: Dict[str, float] = field(default_factory=dict)
+    weight_ranges: Dict[str, Any] = field(default_factory=dict)
+    activation_ranges: Dict[str, Any] = field(default_factory=dict)
+    per_layer_mse: Dict[str, float] = field(default_factory=dict)
+    per_layer_sqnr_db: Dict[str, float] = field(default_factory=dict)
+    layers: List[Dict[str, Any]] = field(default_factory=list)
+    unquantized_ops: List[str] = field(default_factory=list)
+    folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)
+    unused_quantizers: List[str] = field(default_factory=list)
+    encodings: Dict[str, Any] = field(default_factory=dict)
+    files: List[Path] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    status: str = "running"
+    error: Optional[str] = None
+
+    def most_sensitive_layers(self, k: int = 3) -> List[str]:
+        """Layers whose quantization costs the most: lowest score when only they are quantized,
+        ties broken by the highest score when only they are left in float."""
+        layers = list(self.per_layer_quant_enabled)
+        key = lambda n: (self.per_layer_quant_enabled[n], -self.per_layer_quant_disabled.get(n, 0.0))  # noqa: E731
+        return sorted(layers, key=key)[:k]
+
+    def summary(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["schema_version"] = SUMMARY_SCHEMA_VERSION
+        data["most_sensitive_layers"] = self.most_sensitive_layers(5)
+        data["files"] = [str(p.relative_to(self.results_dir)) for p in self.files]
+        return data
+
+
+def _model_inputs(batch: Any) -> Any:
+    """AIMET's data convention: a batch is the inputs, or (inputs, label) when a tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise QAValueError("an empty tuple/list batch has no inputs")
+        return batch[0]
+    return batch
+
+
+class QuantAnalyzer:
+    """Finds where a model loses accuracy when quantized (a drop-in for AIMET's QuantAnalyzer).
+
+    Args:
+        model: the FP32 model (``torch.nn.Module``). It is never modified: qa works on a copy.
+        dummy_input: inputs the model accepts (a tensor, a tuple of tensors, or a dict).
+        forward_pass_callback: calibration, ``CallbackFunc(func, args)`` called as
+            ``func(model, args)``, or a plain ``func(model)``.
+        eval_callback: evaluation returning a score (higher is better), same calling convention.
+        modules_to_ignore: modules (or their names) to leave unquantized.
+        forward_fn: ``forward_fn(model, batch)`` runs one batch of the MSE data (models with
+            several inputs); by default a batch is the inputs, or ``(inputs, label)``.
+        progress: progress bars on stderr for long work: True, False, or None (default) for
+            only when stderr is a terminal.
+
+    Example:
+        >>> import torch, qa
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+        >>> data = torch.randn(64, 4)
+        >>> score = lambda m: -float((m(data) - net(data)).pow(2).mean())  # closeness to FP32
+        >>> analyzer = qa.QuantAnalyzer(net, data[:1], lambda m: m(data), score, progress=False)
+        >>> import tempfile
+        >>> result = analyzer.analyze(quant_scheme="tf", results_dir=tempfile.mkdtemp())
+        >>> sorted(result.per_layer_quant_enabled)
+        ['0', '1', '2']
+    """
+
+    def __init__(self, model: Any, dummy_input: Any, forward_pass_callback: Any, eval_callback: Any,
+                 modules_to_ignore: Optional[Iterable[Any]] = None, *,
+                 forward_fn: Optional[Callable[[Any, Any], Any]] = None, progress: Optional[bool] = None) -> None:
+        self.forward_pass_callback = as_callback(forward_pass_callback, "forward_pass_callback")
+        self.eval_callback = as_callback(eval_callback, "eval_callback")
+        self.adapter = _make_adapter(model, dummy_input, modules_to_ignore)
+        self.forward_fn = forward_fn
+        self.progress = progress
+        self._mse_data: Optional[Iterable[Any]] = None
+        self._mse_batches = 0
+        self._sqnr: Dict[str, float] = {}
+        if self.adapter.graph.unquantized_ops:
+            warnings.warn(
+                "these operations run outside quantizable layers and stay in float: "
+                + ", ".join(self.adapter.graph.unquantized_ops)
+                + " (use modules such as a quantizable add module to quantize them)", stacklevel=2)
+
+    # -- setup --
+
+    def enable_per_layer_mse_loss(self, unlabeled_dataset_iterable: Iterable[Any], num_batches: int) -> None:
+        """Also compute each layer's MSE/SQNR between FP32 and quantized outputs.
+
+        Any iterable works (no ``len()`` needed); a batch is a tensor, ``(inputs, label)``, or a
+        dict of keyword inputs; pass ``forward_fn(model, batch)`` to the constructor otherwise.
+        """
+        if num_batches is None or int(num_batches) < 1:
+            raise QAValueError(f"num_batches must be a positive integer, got {num_batches!r}")
+        if not hasattr(unlabeled_dataset_iterable, "__iter__"):
+            raise QAValueError(f"unlabeled_dataset_iterable must be iterable, got {type(unlabeled_dataset_iterable).__name__}")
+        self._mse_data = unlabeled_dataset_iterable
+        self._mse_batches = int(num_batches)
+
+    def create_quantsim(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
+                        default_param_bw: int = 8, default_output_bw: int = 8, config_file: Any = None,
+                        *, percentile: float = 99.99, rounding: str = "half_even") -> QuantSim:
+        """Configure the quantizers and calibrate them once with forward_pass_callback."""
+        t = time.perf_counter()
+        sim = QuantSim(self.adapter, quant_scheme=quant_scheme, default_param_bw=default_param_bw,
+                       default_output_bw=default_output_bw, config_file=config_file, percentile=percentile,
+                       rounding=rounding)
+        sim.compute_encodings(self.forward_pass_callback)
+        log.info("calibrated %d quantizers in %.2f s", len(sim.enabled), time.perf_counter() - t)
+        return sim
+
+    # -- the analyses (AIMET's public methods) --
+
+    def check_model_sensitivity_to_quantization(self, sim: QuantSim) -> Tuple[float, float, float]:
+        """(FP32, weight-quantized, activation-quantized) scores."""
+        sim.set_active(())
+        fp32 = sim.evaluate(self.eval_callback, "eval_callback (FP32 model)")
+        sim.set_active(sim.param_quantizers())
+        weights = sim.evaluate(self.eval_callback, "eval_callback (weight-quantized model)")
+        sim.set_active(sim.activation_quantizers())
+        acts = sim.evaluate(self.eval_callback, "eval_callback (activation-quantized model)")
+        log.info("FP32 score %.4f, weight-quantized %.4f, activation-quantized %.4f", fp32, weights, acts)
+        return fp32, weights, acts
+
+    def _sweep(self, sim: QuantSim, results: Optional[ResultsDir], enable: bool) -> Dict[str, float]:
+        what = "enabling" if enable else "disabling"
+        file = "per_layer_quant_enabled.json" if enable else "per_layer_quant_disabled.json"
+        everything = sim.enabled
+        layers = [layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)]
+        scores: Dict[str, float] = {}
+        with Progress(len(layers), f"per-layer {what}", self.progress) as bar:
+            try:
+                for name in layers:
+                    own = sim.layer_quantizers(name)
+                    sim.set_active(own if enable else everything - own)
+                    scores[name] = sim.evaluate(self.eval_callback,
+                                                f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
+                    bar.update(note=name)
+            finally:
+                if results is not None:  # whatever finished is kept, also when a callback failed
+                    results.write_json(scores, file)
+        return scores
+
+    def perform_per_layer_analysis_by_enabling_quant_wrappers(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
+        """Score with only one layer's quantizers on, for every layer."""
+        return self._sweep(sim, ResultsDir(results_dir) if not isinstance(results_dir, ResultsDir) else results_dir, True)
+
+    def perform_per_layer_analysis_by_disabling_quant_wrappers(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
+        """Score with every quantizer on except one layer's, for every layer."""
+        return self._sweep(sim, ResultsDir(results_dir) if not isinstance(results_dir, ResultsDir) else results_dir, False)
+
+    def export_per_layer_encoding_min_max_range(self, sim: QuantSim, results_dir: Any) -> Tuple[Dict, Dict]:
+        """Encoding min/max of every parameter and activation quantizer (per channel where on)."""
+        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        weights: Dict[str, Any] = {}
+        activations: Dict[str, Any] = {}
+        for name, q in sim.quantizers.items():
+            enc = q.encoding
+            if enc is None:
+                continue
+            if q.kind == PARAM:
+                if enc.per_channel:
+                    weights[name] = {f"{name}_{c}": [float(a), float(b)] for c, (a, b) in enumerate(zip(enc.min, enc.max))}
+                else:
+                    weights[name] = [enc.min, enc.max]
+            else:
+                activations[name] = [enc.min, enc.max]
+        results.write_json(weights, "min_max_ranges", "weights.json")
+        results.write_json(activations, "min_max_ranges", "activations.json")
+        return weights, activations
+
+    def export_per_layer_stats_histogram(self, sim: QuantSim, results_dir: Any) -> Dict[str, Any]:
+        """The histogram each quantizer saw with its encoding (tf_enhanced/percentile only)."""
+        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        records: Dict[str, Any] = {}
+        for name, q in sim.quantizers.items():
+            stats = sim.stats.get(name)
+            if not isinstance(stats, Histogram) or q.encoding is None:
+                continue
+            record = histogram_record(stats, q.encoding)
+            records[name] = record
+            if q.kind == PARAM:
+                results.write_json(record, "weights_pdf", q.layer, f"{q.param}.json")
+            else:
+                results.write_json(record, "activations_pdf", f"{name}.json")
+        return records
+
+    def export_per_layer_mse_loss(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
+        """MSE between each layer's FP32 and quantized output, from one FP32 and one quantized
+        forward pass per batch for all layers at once."""
+        if self._mse_data is None:
+            raise QAError("call enable_per_layer_mse_loss(data, num_batches) first")
+        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        stats: Dict[str, ErrorStats] = {}
+        reference: Dict[Tuple[str, int, int], Any] = {}
+        seen: Dict[Tuple[str, int], int] = {}
+
+        def store(layer: str, i: int, array: Any) -> None:
+            k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
+            reference[(layer, i, k)] = array.copy()  # the model may overwrite it in place later
+
+        def compare(layer: str, i: int, array: Any) -> None:
+            k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
+            ref = reference.get((layer, i, k))
+            if ref is not None and ref.shape == array.shape:
+                stats.setdefault(layer, ErrorStats(name=layer)).update(ref, array)
+
+        def forward(batch: Any) -> None:
+            if self.forward_fn is not None:
+                call_user(CallbackFunc(lambda m, b: self.forward_fn(m, b), batch), sim.model, "forward_fn")
+            else:
+                sim.adapter.run(_model_inputs(batch))
+
+        everything = sim.enabled
+        batches = 0
+        with Progress(self._mse_batches, "per-layer MSE", self.progress) as bar:
+            for batch in itertools.islice(iter(self._mse_data), self._mse_batches):
+                sim.set_active(())
+                reference.clear()
+                seen.clear()
+                with sim.adapter.capturing(store):
+                    forward(batch)
+                sim.set_active(everything)
+                seen.clear()
+                with sim.adapter.capturing(compare):
+                    forward(batch)
+                batches += 1
+                bar.update()
+        if batches == 0:
+            raise QAValueError("the unlabeled dataset for per-layer MSE yielded no batches")
+        order = [layer.name for layer in sim.graph.layers if layer.name in stats]
+        mse = {name: stats[name].mse for name in order}
+        self._sqnr = {name: stats[name].sqnr_db for name in order}
+        results.write_json(mse, "per_layer_mse_loss.json")
+        return mse
+
+    # -- everything --
+
+    def analyze(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
+                default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
+                results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
+                percentile: float = 99.99, rounding: str = "half_even") -> AnalysisResult:
+        """Run every analysis and write the results (see ARCHITECTURE's result files).
+
+        Args:
+            quant_scheme: "tf", "tf_enhanced" or "percentile" (or a QuantScheme).
+            default_param_bw: weight bitwidth (2 to 32).
+            default_output_bw: activation bitwidth (``default_activation_bw`` is an alias).
+            config_file: an AIMET quantsim config (path or dict), or None for AIMET's defaults.
+            results_dir: where the JSON files go; created if missing.
+            percentile: for the percentile scheme.
+            rounding: "half_even" (torch, AIMET v2) or "half_away" (AIMET v1).
+
+        Returns:
+            An AnalysisResult with everything that was written.
+        """
+        if default_output_bw is not None and default_activation_bw is not None and default_output_bw != default_activation_bw:
+            raise QAValueError("default_output_bw and default_activation_bw disagree; pass one of them")
+        output_bw = default_output_bw if default_output_bw is not None else (default_activation_bw or 8)
+        results = ResultsDir(results_dir)  # an unwritable folder fails here, before any work
+        scheme = QuantScheme.parse(quant_scheme)
+        result = AnalysisResult(results.root, scheme.value, int(default_param_bw), int(output_bw))
+        graph = self.adapter.graph
+        result.unquantized_ops = list(graph.unquantized_ops)
+        result.folded_batch_norms = list(graph.folded_batch_norms)
+
+        def timed(label: str, fn: Callable[[], Any]) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                result.seconds[label] = round(time.perf_counter() - t, 4)
+
+        try:
+            sim = timed("calibration", lambda: self.create_quantsim(scheme, default_param_bw, output_bw, config_file,
+                                                                     percentile=percentile, rounding=rounding))
+            result.layers = [{"name": layer.name, "type": layer.type_name, "op_type": layer.op_type,
+                              "quantizers": sorted(sim.layer_quantizers(layer.name))} for layer in graph.layers]
+            result.unused_quantizers = list(sim.unused)
+            result.encodings = sim.encodings()
+            (result.fp32_score, result.weight_quantized_score,
+             result.activation_quantized_score) = timed("sensitivity", lambda: self.check_model_sensitivity_to_quantization(sim))
+            sim.set_active(sim.enabled)
+            result.quantized_score = sim.evaluate(self.eval_callback, "eval_callback (fully quantized model)")
+            self._write_summary(results, result)
+            result.per_layer_quant_enabled = timed(
+                "per_layer_enabled", lambda: self._sweep(sim, results, True))
+            result.per_layer_quant_disabled = timed(
+                "per_layer_disabled", lambda: self._sweep(sim, results, False))
+            result.weight_ranges, result.activation_ranges = timed(
+                "min_max_ranges", lambda: self.export_per_layer_encoding_min_max_range(sim, results))
+            if scheme is not QuantScheme.post_training_tf:
+                timed("histograms", lambda: self.export_per_layer_stats_histogram(sim, results))
+            if self._mse_data is not None:
+                result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
+                result.per_layer_sqnr_db = dict(self._sqnr)
+            result.status = "complete"
+        except QAError as e:
+            result.status, result.error = "failed", str(e)
+            raise
+        finally:
+            self.adapter.set_active(set(), None)  # leave the analysis copy in float
+            result.files = list(results.written)
+            self._write_summary(results, result)
+        self._log_summary(result)
+        return result
+
+    def _write_summary(self, results: ResultsDir, result: AnalysisResult) -> None:
+        results.write_json(result.summary(), "summary.json")
+        result.files = list(results.written)
+
+    def _log_summary(self, r: AnalysisResult) -> None:
+        log.info("scores: FP32 %.4f | weights quantized %.4f | activations quantized %.4f | all quantized %.4f",
+                 r.fp32_score, r.weight_quantized_score, r.activation_quantized_score, r.quantized_score)
+        log.info("most sensitive layers: %s", ", ".join(r.most_sensitive_layers(3)))
+        log.info("results in %s", r.results_dir)

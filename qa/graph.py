@@ -1,0 +1,103 @@
+"""The framework-agnostic model of what gets quantized: layers in execution order and their quantizers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .encodings import Encoding
+
+__all__ = ["Quantizer", "Layer", "QuantGraph", "PARAM", "OUTPUT", "INPUT"]
+
+PARAM, OUTPUT, INPUT = "param", "output", "input"
+
+
+@dataclass
+class Quantizer:
+    """One place where a tensor is quantized.
+
+    ``name`` is AIMET's key: ``<layer>_weight`` / ``<layer>_bias`` for parameters,
+    ``<layer>_output_<i>`` and ``<layer>_input_<i>`` for activations.
+    ``enabled`` says whether the quantization config quantizes it at all; analyses toggle
+    quantizers on top of that, never turning on one the config left off.
+    """
+
+    name: str
+    layer: str
+    kind: str  # PARAM, OUTPUT or INPUT
+    index: int = 0  # output / input position
+    param: Optional[str] = None  # "weight", "bias", ... for PARAM quantizers
+    shape: Optional[Tuple[int, ...]] = None  # parameter shape (activations: unknown until run)
+    enabled: bool = True
+    bitwidth: int = 8
+    symmetric: bool = False
+    strict: bool = False
+    unsigned_symmetric: bool = False
+    per_channel: bool = False
+    axis: Optional[int] = None  # channel axis of a parameter, for per-channel quantization
+    encoding: Optional[Encoding] = None
+
+    @property
+    def is_param(self) -> bool:
+        return self.kind == PARAM
+
+
+@dataclass
+class Layer:
+    """A quantizable layer (a leaf module, Keras layer or ONNX node), in execution order.
+
+    ``op_type`` uses ONNX operator names (Conv, Gemm, Relu, ...) because AIMET quantsim
+    configs do; ``type_name`` is the framework's own name for display (Conv2d, Dense, ...).
+    ``inputs`` names the layers whose outputs feed this one (data flow), and
+    ``model_input`` / ``model_output`` say whether it reads a model input / makes a model output.
+    """
+
+    name: str
+    op_type: str
+    type_name: str
+    quantizers: List[Quantizer] = field(default_factory=list)
+    inputs: List[str] = field(default_factory=list)
+    model_input: bool = False
+    model_output: bool = False
+    calls: int = 1
+
+    def quantizer(self, kind: str, key: object = 0) -> Optional[Quantizer]:
+        for q in self.quantizers:
+            if q.kind == kind and (q.param == key if kind == PARAM else q.index == key):
+                return q
+        return None
+
+    @property
+    def params(self) -> List[Quantizer]:
+        return [q for q in self.quantizers if q.kind == PARAM]
+
+    @property
+    def activations(self) -> List[Quantizer]:
+        return [q for q in self.quantizers if q.kind != PARAM]
+
+
+@dataclass
+class QuantGraph:
+    """All layers of a model in execution order, plus what could not be quantized."""
+
+    layers: List[Layer]
+    # Operations that run outside quantizable layers (e.g. `x + y` in a torch forward) and so
+    # stay in float: listed so that nobody mistakes them for quantized.
+    unquantized_ops: List[str] = field(default_factory=list)
+    folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)  # (bn, into layer)
+
+    def __post_init__(self) -> None:
+        self._by_name: Dict[str, Layer] = {layer.name: layer for layer in self.layers}
+
+    def __getitem__(self, name: str) -> Layer:
+        return self._by_name[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def quantizers(self) -> Iterator[Quantizer]:
+        for layer in self.layers:
+            yield from layer.quantizers
+
+    def consumers(self, name: str) -> List[Layer]:
+        return [layer for layer in self.layers if name in layer.inputs]

@@ -1,0 +1,196 @@
+"""The quantization simulation: calibrate once, compute encodings once, toggle quantizers in O(1)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
+
+import numpy as np
+
+from ._arrays import check_bitwidth
+from .config import apply_config, load_config
+from .encodings import Encoding, compute_encoding
+from .errors import QACallbackError, QAError, QAValueError
+from .graph import PARAM, QuantGraph, Quantizer
+from .observers import Histogram, RunningMinMax
+
+__all__ = ["QuantScheme", "CallbackFunc", "QuantSim"]
+
+log = logging.getLogger("qa")
+
+
+class QuantScheme(str, enum.Enum):
+    """How encodings are computed from statistics (AIMET's names; plain strings work too).
+
+    Example:
+        >>> QuantScheme.parse("tf_enhanced") is QuantScheme.post_training_tf_enhanced
+        True
+    """
+
+    post_training_tf = "tf"
+    post_training_tf_enhanced = "tf_enhanced"
+    post_training_percentile = "percentile"
+
+    @classmethod
+    def parse(cls, value: Union["QuantScheme", str]) -> "QuantScheme":
+        if isinstance(value, cls):
+            return value
+        text = str(getattr(value, "name", value)).lower()
+        for scheme in cls:
+            if text in (scheme.value, scheme.name, f"quantscheme.{scheme.name}"):
+                return scheme
+        raise QAValueError(f"unknown quant_scheme {value!r}; use one of tf, tf_enhanced, percentile")
+
+
+class CallbackFunc:
+    """A user function and its extra argument, called as ``func(model, func_callback_args)``.
+
+    Example:
+        >>> cb = CallbackFunc(lambda model, n: n * 2, 21)
+        >>> cb(None)
+        42
+    """
+
+    def __init__(self, func: Callable[..., Any], func_callback_args: Any = None) -> None:
+        if not callable(func):
+            raise QAValueError(f"CallbackFunc needs a callable, got {type(func).__name__}")
+        self.func = func
+        self.args = func_callback_args
+
+    def __call__(self, model: Any) -> Any:
+        return self.func(model, self.args)
+
+    def __repr__(self) -> str:
+        return f"CallbackFunc({getattr(self.func, '__name__', self.func)!r})"
+
+
+def as_callback(fn: Any, what: str) -> CallbackFunc:
+    """A CallbackFunc, or a plain ``func(model)`` wrapped as one."""
+    if isinstance(fn, CallbackFunc):
+        return fn
+    if callable(fn):
+        return CallbackFunc(lambda model, _args: fn(model))
+    raise QAValueError(f"{what} must be a qa.CallbackFunc or a callable taking the model, got {type(fn).__name__}")
+
+
+def call_user(fn: CallbackFunc, model: Any, what: str) -> Any:
+    """Run a user callback; its exception becomes a QACallbackError that says where it happened."""
+    try:
+        return fn(model)
+    except QAError:
+        raise
+    except Exception as e:
+        raise QACallbackError(f"{what} failed: {type(e).__name__}: {e}") from e
+
+
+def as_score(value: Any, what: str) -> float:
+    try:
+        score = float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        raise QACallbackError(f"{what} must return a number, got {type(value).__name__}") from None
+    if not math.isfinite(score):
+        log.warning("%s returned %s", what, score)
+    return score
+
+
+class QuantSim:
+    """A calibrated simulation of one model under one quantization setting.
+
+    Built by ``QuantAnalyzer.create_quantsim``; every analysis reuses its encodings and its
+    cached fake-quantized weights, and switches quantizers on and off without recomputing.
+    """
+
+    def __init__(self, adapter: Any, *, quant_scheme: Union[QuantScheme, str], default_param_bw: int,
+                 default_output_bw: int, config_file: Any = None, percentile: float = 99.99,
+                 rounding: str = "half_even", bins: int = 2048) -> None:
+        self.adapter = adapter
+        self.graph: QuantGraph = adapter.graph
+        self.scheme = QuantScheme.parse(quant_scheme)
+        self.param_bw = check_bitwidth(default_param_bw, "default_param_bw")
+        self.output_bw = check_bitwidth(default_output_bw, "default_output_bw")
+        self.percentile = percentile
+        self.rounding = rounding
+        self.bins = bins
+        self.config = load_config(config_file)
+        apply_config(self.graph, self.config, param_bw=self.param_bw, output_bw=self.output_bw)
+        self.quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
+        self.stats: Dict[str, Any] = {}  # quantizer name -> the observer that saw its data
+        self.unused: List[str] = []  # activation quantizers that saw no data during calibration
+        self.calibrated = False
+
+    # -- calibration --
+
+    def _observer(self, q: Quantizer) -> Any:
+        axis = q.axis if (q.is_param and q.per_channel) else None
+        if self.scheme is QuantScheme.post_training_tf:
+            return RunningMinMax(axis=axis, name=q.name)
+        return Histogram(self.bins, axis=axis, name=q.name)
+
+    def _encode(self, q: Quantizer, obs: Any) -> Encoding:
+        return compute_encoding(obs, self.scheme.value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
+                                unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
+
+    def compute_encodings(self, forward_pass_callback: CallbackFunc) -> None:
+        """Observe weights directly and activations during one run of the calibration callback."""
+        for q, values in self.adapter.weights():
+            if not q.enabled:
+                continue
+            obs = self._observer(q)
+            obs.update(values)
+            q.encoding = self._encode(q, obs)
+            self.stats[q.name] = obs
+            self.adapter.set_quantized_weight(q, q.encoding.fake_quantize(values, rounding=self.rounding))
+        observers = {q.name: self._observer(q) for q in self.quantizers.values() if q.enabled and not q.is_param}
+        with self.adapter.observing(observers):
+            call_user(forward_pass_callback, self.adapter.model, "forward_pass_callback (calibration)")
+        for name, obs in observers.items():
+            q = self.quantizers[name]
+            if not obs.seen_finite:
+                self.unused.append(name)
+                q.encoding = None
+                continue
+            q.encoding = self._encode(q, obs)
+            self.stats[name] = obs
+        if self.unused:
+            log.warning("%d activation quantizer(s) saw no data during calibration and stay off: %s",
+                        len(self.unused), ", ".join(self.unused[:10]))
+        self.calibrated = True
+
+    # -- toggling and running --
+
+    @property
+    def enabled(self) -> Set[str]:
+        """Quantizers the config turns on that have an encoding."""
+        return {n for n, q in self.quantizers.items() if q.enabled and q.encoding is not None}
+
+    def _quantize(self, q: Quantizer, x: Any) -> Any:
+        return q.encoding.fake_quantize(x, rounding=self.rounding)
+
+    def set_active(self, names: Iterable[str]) -> None:
+        """Turn on exactly these quantizers (those the config left off stay off)."""
+        if not self.calibrated:
+            raise QAError("compute_encodings must run before quantizers can be switched on")
+        self.adapter.set_active(set(names) & self.enabled, self._quantize)
+
+    def layer_quantizers(self, layer: str) -> Set[str]:
+        return {q.name for q in self.graph[layer].quantizers} & self.enabled
+
+    def param_quantizers(self) -> Set[str]:
+        return {n for n in self.enabled if self.quantizers[n].kind == PARAM}
+
+    def activation_quantizers(self) -> Set[str]:
+        return {n for n in self.enabled if self.quantizers[n].kind != PARAM}
+
+    @property
+    def model(self) -> Any:
+        """The model the callbacks receive: the analysis copy, quantized as currently set."""
+        return self.adapter.model
+
+    def evaluate(self, eval_callback: CallbackFunc, what: str) -> float:
+        return as_score(call_user(eval_callback, self.adapter.model, what), what)
+
+    def encodings(self) -> Dict[str, Dict[str, Any]]:
+        """AIMET-style encodings of every quantizer that has one."""
+        return {n: q.encoding.to_dict() for n, q in self.quantizers.items() if q.encoding is not None}
