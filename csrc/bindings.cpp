@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "kernels.h"
+#include "py_buffers.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,20 +16,9 @@ namespace py = pybind11;
 
 namespace {
 
-// The public layer converts; here a wrong buffer is a caller bug that must not crash.
 template <typename T>
 T* data_of(const py::array& a, const char* name, bool writable, py::ssize_t size = -1) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + ": expected dtype " +
-                          std::string(py::str(py::dtype::of<T>())) + ", got " +
-                          std::string(py::str(a.dtype())));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": array must be C-contiguous");
-  if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
-  if (size >= 0 && a.size() != size)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(size) +
-                          " elements, got " + std::to_string(a.size()));
-  return static_cast<T*>(const_cast<void*>(a.data()));
+  return qa::buffer_of<T>(a, name, writable, size);
 }
 
 void check_layout(const py::array& x, int64_t outer, int64_t channels, int64_t inner) {

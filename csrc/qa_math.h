@@ -63,6 +63,18 @@ QA_HD float fake_quant_one(float x, T inv_scale, T scale, T qlo, T qhi) {
   return static_cast<float>(round_int<R>(v) * scale);
 }
 
+// The one place where runtime options (rounding, float or double) become template parameters.
+#define QA_DISPATCH(rounding, use_double, FN, ...)                                   \
+  do {                                                                               \
+    if ((rounding) == ::qa::Rounding::HalfEven) {                                    \
+      if (use_double) FN<::qa::Rounding::HalfEven, double>(__VA_ARGS__);             \
+      else FN<::qa::Rounding::HalfEven, float>(__VA_ARGS__);                         \
+    } else {                                                                         \
+      if (use_double) FN<::qa::Rounding::HalfAway, double>(__VA_ARGS__);             \
+      else FN<::qa::Rounding::HalfAway, float>(__VA_ARGS__);                         \
+    }                                                                                \
+  } while (0)
+
 // a - a is 0 for finite a and NaN for NaN and +-inf; branch-free and vectorizable.
 template <typename T>
 QA_HD bool is_finite(T a) { return (a - a) == T(0); }

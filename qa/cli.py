@@ -58,6 +58,43 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """Analyse the shipped demo CNN on its shipped images and print what matters."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("qa demo needs PyTorch: pip install torch==2.13.0 'qa-quant[torch]'", file=sys.stderr)
+        return 2
+    import qa
+    from qa.demo import DEMO_OUTPUT_BW, DEMO_PARAM_BW, load_demo
+
+    t0 = time.perf_counter()
+    demo = load_demo()
+    analyzer = qa.QuantAnalyzer(
+        demo.model, demo.dummy_input,
+        forward_pass_callback=qa.CallbackFunc(demo.calibrate, demo.calibration),
+        eval_callback=qa.CallbackFunc(demo.evaluate, (demo.eval_images, demo.eval_labels)),
+        progress=not args.no_progress and None)
+    analyzer.enable_per_layer_mse_loss(demo.unlabeled_batches(args.mse_batches), args.mse_batches)
+    param_bw = args.param_bw or DEMO_PARAM_BW
+    output_bw = args.output_bw or DEMO_OUTPUT_BW
+    r = analyzer.analyze(quant_scheme=args.scheme, default_param_bw=param_bw, default_output_bw=output_bw,
+                         results_dir=args.out)
+    print(f"qa demo: {demo.description}")
+    print(f"quantization: weights {param_bw} bit, activations {output_bw} bit, scheme {r.quant_scheme}")
+    print(f"  FP32 accuracy                {r.fp32_score:6.2f} %")
+    print(f"  weights quantized only       {r.weight_quantized_score:6.2f} %")
+    print(f"  activations quantized only   {r.activation_quantized_score:6.2f} %")
+    print(f"  fully quantized              {r.quantized_score:6.2f} %")
+    print("most sensitive layers (accuracy with only this layer quantized / with all but this layer):")
+    for name in r.most_sensitive_layers(3):
+        mse = r.per_layer_mse.get(name)
+        extra = f", output SQNR {r.per_layer_sqnr_db[name]:.1f} dB" if mse is not None else ""
+        print(f"  {name:<24} {r.per_layer_quant_enabled[name]:6.2f} % / {r.per_layer_quant_disabled[name]:6.2f} %{extra}")
+    print(f"results ({len(r.files)} files) in {r.results_dir}  [{time.perf_counter() - t0:.1f} s]")
+    return 0
+
+
 def _observed(obs, data):
     obs.update(data)
     return obs
@@ -73,8 +110,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--elements", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_selfcheck)
+    p = sub.add_parser("demo", help="analyse the shipped demo CNN (needs the torch extra)")
+    p.add_argument("--out", default="./qa_results", help="results folder (default ./qa_results)")
+    p.add_argument("--param-bw", type=int, default=None, help="weight bitwidth (default: the demo's)")
+    p.add_argument("--output-bw", type=int, default=None, help="activation bitwidth (default: the demo's)")
+    p.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"])
+    p.add_argument("--mse-batches", type=int, default=4, help="batches of 64 images for per-layer MSE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

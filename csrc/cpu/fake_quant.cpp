@@ -65,18 +65,6 @@ void per_channel(const float* x, float* y, int64_t outer, int64_t channels, int6
 
 }  // namespace
 
-// The one place where runtime options become template parameters.
-#define QA_DISPATCH(rounding, use_double, FN, ...)                                   \
-  do {                                                                               \
-    if (rounding == Rounding::HalfEven) {                                            \
-      if (use_double) FN<Rounding::HalfEven, double>(__VA_ARGS__);                   \
-      else FN<Rounding::HalfEven, float>(__VA_ARGS__);                               \
-    } else {                                                                         \
-      if (use_double) FN<Rounding::HalfAway, double>(__VA_ARGS__);                   \
-      else FN<Rounding::HalfAway, float>(__VA_ARGS__);                               \
-    }                                                                                \
-  } while (0)
-
 void fake_quant_per_tensor(const float* x, float* y, int64_t n, double scale, double offset,
                            double num_steps, Rounding rounding, bool use_double) {
   QA_DISPATCH(rounding, use_double, per_tensor, x, y, n, scale, offset, num_steps);

@@ -172,23 +172,11 @@ void launch_fake_quant_channel(const float* x, float* y, int64_t outer, int64_t 
   QA_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// The one place where runtime options become template parameters.
-#define QA_CUDA_DISPATCH(rounding, use_double, FN, ...)                              \
-  do {                                                                               \
-    if (rounding == Rounding::HalfEven) {                                            \
-      if (use_double) FN<Rounding::HalfEven, double>(__VA_ARGS__);                   \
-      else FN<Rounding::HalfEven, float>(__VA_ARGS__);                               \
-    } else {                                                                         \
-      if (use_double) FN<Rounding::HalfAway, double>(__VA_ARGS__);                   \
-      else FN<Rounding::HalfAway, float>(__VA_ARGS__);                               \
-    }                                                                                \
-  } while (0)
-
 inline void fake_quant_per_tensor(const float* x, float* y, int64_t n, double scale,
                                   double offset, double steps, Rounding rounding,
                                   bool use_double, cudaStream_t stream) {
   if (n == 0) return;
-  QA_CUDA_DISPATCH(rounding, use_double, launch_fake_quant_tensor, x, y, n, scale, offset, steps,
+  QA_DISPATCH(rounding, use_double, launch_fake_quant_tensor, x, y, n, scale, offset, steps,
                    stream);
 }
 
@@ -197,11 +185,10 @@ inline void fake_quant_per_channel(const float* x, float* y, int64_t outer, int6
                                    double steps, Rounding rounding, bool use_double,
                                    cudaStream_t stream) {
   if (outer * channels * inner == 0) return;
-  QA_CUDA_DISPATCH(rounding, use_double, launch_fake_quant_channel, x, y, outer, channels, inner,
+  QA_DISPATCH(rounding, use_double, launch_fake_quant_channel, x, y, outer, channels, inner,
                    scale, offset, steps, stream);
 }
 
-#undef QA_CUDA_DISPATCH
 
 // ---- min / max ------------------------------------------------------------------------------
 

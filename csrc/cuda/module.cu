@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../py_buffers.h"
 #include "kernels.cuh"
 
 namespace py = pybind11;
@@ -63,17 +64,7 @@ void check_count(int64_t n, const char* what) {
 
 template <typename T>
 T* host_data(py::array& a, const char* name, py::ssize_t size = -1) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + ": expected dtype " +
-                          std::string(py::str(py::dtype::of<T>())) + ", got " +
-                          std::string(py::str(a.dtype())));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": array must be C-contiguous");
-  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
-  if (size >= 0 && a.size() != size)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(size) +
-                          " elements, got " + std::to_string(a.size()));
-  return static_cast<T*>(a.mutable_data());
+  return qa::buffer_of<T>(a, name, true, size);
 }
 
 qa::Rounding rounding_of(int rounding) {
