@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
@@ -66,11 +67,22 @@ class CallbackFunc:
         return f"CallbackFunc({getattr(self.func, '__name__', self.func)!r})"
 
 
+def _required_positional(fn: Any) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds and p.default is inspect.Parameter.empty)
+
+
 def as_callback(fn: Any, what: str) -> CallbackFunc:
-    """A CallbackFunc, or a plain ``func(model)`` wrapped as one."""
+    """A CallbackFunc, or a plain callable: ``func(model)``, or ``func(model, args)`` called with None."""
     if isinstance(fn, CallbackFunc):
         return fn
     if callable(fn):
+        if _required_positional(fn) >= 2:  # an AIMET-style func(model, args) passed bare
+            return CallbackFunc(fn, None)
         return CallbackFunc(lambda model, _args: fn(model))
     raise QAValueError(f"{what} must be a qa.CallbackFunc or a callable taking the model, got {type(fn).__name__}")
 

@@ -1,0 +1,165 @@
+"""End-to-end benchmark of the PyTorch QuantAnalyzer, with peers measured in the same run.
+
+Usage: python benchmarks/analyzer.py [--batch 32] [--batches 4] [--repeat 3]
+
+A ResNet-style CNN (built here, random weights, 32x32 inputs) is analysed. Printed:
+- one quantized forward pass with qa's hooks and C++ kernels vs the same simulation written
+  with torch hooks and torch.fake_quantize_per_tensor_affine (what a hand-rolled or
+  torch-based simulator does), both against the FP32 pass;
+- per-layer MSE the AIMET way (FP32 and quantized model re-run once per layer per batch)
+  vs qa's one FP32 + one quantized pass per batch for all layers at once;
+- the whole ``analyze`` (calibration, sensitivity, both per-layer sweeps, ranges, histograms,
+  MSE) wall time. AIMET is timed too when aimet_torch is installed (it is not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import qa
+
+
+def block(c_in: int, c_out: int, stride: int) -> nn.Module:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.relu1 = nn.ReLU()
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.skip = nn.Conv2d(c_in, c_out, 1, stride) if (stride != 1 or c_in != c_out) else nn.Identity()
+            self.relu2 = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.skip(x))
+    return Res()
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                        block(32, 32, 1), block(32, 64, 2), block(64, 64, 1), block(64, 128, 2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def torch_fake_quant_sim(model: nn.Module, encodings: dict) -> list:
+    """The same activation quantization as qa's, done with torch hooks and torch's kernel."""
+    handles = []
+    for name, module in model.named_modules():
+        enc = encodings.get(f"{name}_output_0")
+        if enc is None or isinstance(enc, list):
+            continue
+        scale, zp = enc["scale"], -enc["offset"]
+        hi = 2 ** enc["bitwidth"] - 1
+
+        def hook(m, args, out, scale=scale, zp=zp, hi=hi):
+            return torch.fake_quantize_per_tensor_affine(out, scale, zp, 0, hi)
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def aimet_style_mse(sim, x: torch.Tensor) -> dict:
+    """AIMET's per-layer MSE: for every layer, run the FP32 and the quantized model again."""
+    model, adapter = sim.model, sim.adapter
+    out = {}
+    for layer in sim.graph.layers:
+        module = dict(model.named_modules())[layer.name]
+        grabbed = []
+        h = module.register_forward_hook(lambda m, a, o: grabbed.append(o.detach().clone()))
+        sim.set_active(())
+        adapter.run(x)
+        sim.set_active(sim.enabled)
+        adapter.run(x)
+        h.remove()
+        out[layer.name] = float(((grabbed[0] - grabbed[1]) ** 2).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    model = make_model()
+    x = torch.randn(args.batch, 3, 32, 32)
+    labels = model(x).argmax(1)
+
+    def calibrate(m, _):
+        with torch.no_grad():
+            m(x)
+
+    def evaluate(m, _):
+        with torch.no_grad():
+            return float((m(x).argmax(1) == labels).float().mean() * 100)
+
+    print(f"qa analyzer benchmark: ResNet-style CNN, batch {args.batch}x3x32x32, "
+          f"{torch.get_num_threads()} torch threads, median of {args.repeat}")
+    analyzer = qa.QuantAnalyzer(model, x[:1], calibrate, evaluate, progress=False)
+    sim = analyzer.create_quantsim("tf_enhanced", 8, 8)
+    with torch.no_grad():
+        t_fp32 = timed(lambda: model(x), args.repeat)
+        sim.set_active(sim.activation_quantizers())
+        t_qa = timed(lambda: sim.adapter.run(x), args.repeat)
+        sim.set_active(())
+        plain = make_model()
+        from qa.adapters.torch import fold_batch_norms  # same folded model for a fair comparison
+        fold_batch_norms(plain, [(c, b) for b, c in sim.graph.folded_batch_norms])
+        handles = torch_fake_quant_sim(plain, sim.encodings())
+        t_torch = timed(lambda: plain(x), args.repeat)
+        for h in handles:
+            h.remove()
+    print(f"{'quantized forward pass':<30} torch hooks + torch.fake_quantize {t_torch * 1e3:8.1f} ms   "
+          f"qa {t_qa * 1e3:8.1f} ms   ratio {t_torch / t_qa:5.2f}x   (FP32 pass {t_fp32 * 1e3:.1f} ms: "
+          f"qa overhead {(t_qa - t_fp32) * 1e3:.1f} ms, torch {(t_torch - t_fp32) * 1e3:.1f} ms)")
+
+    batches = [torch.randn(args.batch, 3, 32, 32) for _ in range(args.batches)]
+    t_aimet_mse = timed(lambda: [aimet_style_mse(sim, b) for b in batches], 1)
+    analyzer.enable_per_layer_mse_loss(batches, len(batches))
+    with tempfile.TemporaryDirectory() as d:
+        t_mse = timed(lambda: analyzer.export_per_layer_mse_loss(sim, d), 1)
+    print(f"{'per-layer MSE, ' + str(len(sim.graph.layers)) + ' layers':<30} AIMET-style re-run per layer     "
+          f"{t_aimet_mse * 1e3:8.1f} ms   qa {t_mse * 1e3:8.1f} ms   ratio {t_aimet_mse / t_mse:5.1f}x")
+
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        result = analyzer.analyze("tf_enhanced", 8, 8, results_dir=d)
+        total = time.perf_counter() - t
+    evals = 4 + 2 * len(result.per_layer_quant_enabled)
+    t_eval = timed(lambda: evaluate(model, None), args.repeat)
+    print(f"{'analyze (everything)':<30} {total:.2f} s for {evals} evaluations + calibration + MSE "
+          f"({len(result.files)} files); {evals} FP32 evaluations alone take {evals * t_eval:.2f} s")
+    try:
+        import aimet_torch  # noqa: F401
+        print("aimet_torch is installed, but its QuantAnalyzer timing is not wired up in this script yet")
+    except ImportError:
+        print("aimet_torch not installed: no AIMET timing in this run")
+
+
+if __name__ == "__main__":
+    main()
