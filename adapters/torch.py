@@ -137,6 +137,18 @@ def _tensors(obj: Any) -> List[torch.Tensor]:
     return []
 
 
+def _key(t: torch.Tensor) -> Tuple[int, int]:
+    """A tensor's identity in the data flow: in-place ops (ReLU(inplace=True)) bump _version,
+    so the tensor they return counts as new, while pass-through modules keep the key."""
+    return (id(t), t._version)
+
+
+# Reading only these leaves a tensor's values alone (a batch norm may still be folded).
+_METADATA = {"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "is_contiguous", "stride",
+             "requires_grad", "__len__", "data_ptr", "element_size", "ndim", "layout", "storage_offset",
+             "__format__", "__repr__", "__hash__", "__get__", "names", "is_quantized"}
+
+
 def _leaves(model: nn.Module) -> Dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and not any(True for _ in m.children())}
 
@@ -147,11 +159,12 @@ class _Trace:
     def __init__(self) -> None:
         self.order: List[str] = []
         self.calls: Dict[str, int] = {}
-        self.inputs: Dict[str, List[int]] = {}
-        self.outputs: Dict[str, List[int]] = {}
+        self.inputs: Dict[str, List[Tuple[int, int]]] = {}
+        self.outputs: Dict[str, List[Tuple[int, int]]] = {}
         self.n_outputs: Dict[str, int] = {}
         self.functional: Dict[str, int] = {}
-        self.model_outputs: Set[int] = set()
+        self.model_outputs: Set[Tuple[int, int]] = set()
+        self.functional_reads: Set[Tuple[int, int]] = set()  # tensors read by ops outside layers
         self.keep: List[torch.Tensor] = []  # holds tensors so that their ids stay unique
         self.depth = 0
 
@@ -169,7 +182,7 @@ def _trace(model: nn.Module, run: Callable[[], Any], leaves: Dict[str, nn.Module
                 tr.order.append(name)
                 tr.calls[name] = 0
             tr.calls[name] += 1
-            tr.inputs.setdefault(name, []).extend(id(t) for t in ts)
+            tr.inputs.setdefault(name, []).extend(_key(t) for t in ts)
         return hook
 
     def post(name):
@@ -177,7 +190,7 @@ def _trace(model: nn.Module, run: Callable[[], Any], leaves: Dict[str, nn.Module
             tr.depth -= 1
             ts = _tensors(output)
             tr.keep.extend(ts)
-            tr.outputs.setdefault(name, []).extend(id(t) for t in ts)
+            tr.outputs.setdefault(name, []).extend(_key(t) for t in ts)
             tr.n_outputs[name] = max(tr.n_outputs.get(name, 0), sum(t.is_floating_point() for t in ts))
         return hook
 
@@ -185,6 +198,8 @@ def _trace(model: nn.Module, run: Callable[[], Any], leaves: Dict[str, nn.Module
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if tr.depth == 0:
                 name = getattr(func, "__name__", str(func))
+                if name not in _METADATA:
+                    tr.functional_reads.update(_key(t) for t in _tensors((args, kwargs or {})))
                 if name.startswith("__") and name.endswith("__"):  # x + y arrives as __add__
                     name = name[2:-2]
                     name = name[1:] if name[:1] in "ri" and name[1:] in _ARITHMETIC else name
@@ -202,14 +217,14 @@ def _trace(model: nn.Module, run: Callable[[], Any], leaves: Dict[str, nn.Module
         for h in handles:
             h.remove()
     tr.keep.extend(_tensors(output))
-    tr.model_outputs = {id(t) for t in _tensors(output)}
+    tr.model_outputs = {_key(t) for t in _tensors(output)}
     return tr, output
 
 
-def _producers(trace: _Trace) -> Dict[int, str]:
+def _producers(trace: _Trace) -> Dict[Tuple[int, int], str]:
     """Tensor id -> the layer that made it. Pass-through modules (Identity, Dropout in eval)
     return their input object, so the first producer in execution order is the real one."""
-    producer: Dict[int, str] = {}
+    producer: Dict[Tuple[int, int], str] = {}
     for name in trace.order:
         for tid in trace.outputs.get(name, []):
             producer.setdefault(tid, name)
@@ -219,7 +234,7 @@ def _producers(trace: _Trace) -> Dict[int, str]:
 def _batch_norm_pairs(trace: _Trace, leaves: Dict[str, nn.Module]) -> List[Tuple[str, str]]:
     """(layer, bn) pairs where the bn reads exactly the layer's output and nothing else reads it."""
     producer = _producers(trace)
-    readers: Dict[int, Set[str]] = {}
+    readers: Dict[Tuple[int, int], Set[str]] = {}
     for name, ids in trace.inputs.items():
         for tid in ids:
             readers.setdefault(tid, set()).add(name)
@@ -233,7 +248,8 @@ def _batch_norm_pairs(trace: _Trace, leaves: Dict[str, nn.Module]) -> List[Tuple
             continue
         src = producer[ins[0]]
         if (not _foldable_into(leaves[src]) or trace.calls[src] != 1 or readers.get(ins[0]) != {name}
-                or ins[0] in trace.model_outputs or len(trace.outputs[src]) != 1):
+                or ins[0] in trace.model_outputs or ins[0] in trace.functional_reads
+                or len(trace.outputs[src]) != 1):
             continue
         pairs.append((src, name))
     return pairs
@@ -274,11 +290,15 @@ class TorchAdapter:
         if not isinstance(model, nn.Module):
             raise QAValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
         ignored = self._ignored_names(model, modules_to_ignore)
-        self.model = copy.deepcopy(model)  # everything below touches only this copy
+        # Everything below touches only this copy. It runs in eval mode: batch norms are folded
+        # with their running statistics, and a deployed model does not train.
+        self.model = copy.deepcopy(model).eval()
+        if model.training:
+            log.info("the model is in training mode; qa analyses an eval-mode copy of it")
         self.dummy_input = dummy_input
         leaves = _leaves(self.model)
         trace, _ = self._trace(leaves)
-        model_inputs = {id(t) for t in _tensors(dummy_input)}
+        model_inputs = {_key(t) for t in _tensors(dummy_input)}
         pairs = _batch_norm_pairs(trace, leaves)
         if pairs:
             fold_batch_norms(self.model, pairs)
@@ -335,7 +355,7 @@ class TorchAdapter:
             raise QAValueError(f"the model failed on dummy_input ({type(e).__name__}: {e}); "
                                f"pass a dummy_input the model accepts (a tensor, a tuple of tensors or a dict)") from e
 
-    def _build_graph(self, trace: _Trace, leaves, ignored: Set[str], model_inputs: Set[int]) -> QuantGraph:
+    def _build_graph(self, trace: _Trace, leaves, ignored: Set[str], model_inputs: Set[Tuple[int, int]]) -> QuantGraph:
         producer = _producers(trace)
         layers: List[Layer] = []
         for name in trace.order:

@@ -263,7 +263,13 @@ class QuantAnalyzer:
             if self.forward_fn is not None:
                 call_user(CallbackFunc(lambda m, b: self.forward_fn(m, b), batch), sim.model, "forward_fn")
             else:
-                sim.adapter.run(_model_inputs(batch))
+                try:
+                    sim.adapter.run(_model_inputs(batch))
+                except Exception as e:
+                    raise QACallbackError(
+                        f"per-layer MSE: the model failed on a batch of the unlabeled data ({type(e).__name__}: {e}); "
+                        f"a batch is the inputs or (inputs, label); pass forward_fn=fn(model, batch) for other "
+                        f"layouts such as several inputs") from e
 
         everything = sim.enabled
         batches = 0
@@ -349,8 +355,8 @@ class QuantAnalyzer:
                 result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
                 result.per_layer_sqnr_db = dict(self._sqnr)
             result.status = "complete"
-        except QAError as e:
-            result.status, result.error = "failed", str(e)
+        except BaseException as e:  # also KeyboardInterrupt: what finished is kept and said so
+            result.status, result.error = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
             self.adapter.set_active(set(), None)  # leave the analysis copy in float

@@ -99,9 +99,14 @@ def call_user(fn: CallbackFunc, model: Any, what: str) -> Any:
 
 def as_score(value: Any, what: str) -> float:
     try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
         score = float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError):
-        raise QACallbackError(f"{what} must return a number, got {type(value).__name__}") from None
+    except Exception:
+        shape = getattr(value, "shape", None)
+        detail = f" of shape {tuple(shape)}" if shape is not None else ""
+        raise QACallbackError(f"{what} must return a number (or a one-element tensor/array), "
+                              f"got {type(value).__name__}{detail}") from None
     if not math.isfinite(score):
         log.warning("%s returned %s", what, score)
     return score
