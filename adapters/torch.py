@@ -201,8 +201,9 @@ def _trace(model: nn.Module, run: Callable[[], Any], leaves: Dict[str, nn.Module
                 if name not in _METADATA:
                     tr.functional_reads.update(_key(t) for t in _tensors((args, kwargs or {})))
                 if name.startswith("__") and name.endswith("__"):  # x + y arrives as __add__
-                    name = name[2:-2]
-                    name = name[1:] if name[:1] in "ri" and name[1:] in _ARITHMETIC else name
+                    base = name[2:-2]
+                    base = base[1:] if base[:1] in "ri" and base[1:] in _ARITHMETIC else base
+                    name = base if base in _ARITHMETIC else name  # other dunders stay private
                 if name not in _SHAPE_ONLY and not name.startswith("_"):
                     tr.functional[name] = tr.functional.get(name, 0) + 1
             return func(*args, **(kwargs or {}))

@@ -1,4 +1,4 @@
-"""The ``qa`` command line: version, a kernel self-check, and (later) demo and report."""
+"""The ``qa`` command line: version, a kernel self-check, and the demo analysis."""
 
 from __future__ import annotations
 
@@ -66,21 +66,21 @@ def _demo(args: argparse.Namespace) -> int:
         print("qa demo needs PyTorch: pip install torch==2.13.0 'qa-quant[torch]'", file=sys.stderr)
         return 2
     import qa
-    from qa.demo import DEMO_OUTPUT_BW, DEMO_PARAM_BW, load_demo
+    from qa.demo import OUTPUT_BW, PARAM_BW, calibrate, evaluate, load_demo
 
     t0 = time.perf_counter()
     demo = load_demo()
     analyzer = qa.QuantAnalyzer(
         demo.model, demo.dummy_input,
-        forward_pass_callback=qa.CallbackFunc(demo.calibrate, demo.calibration),
-        eval_callback=qa.CallbackFunc(demo.evaluate, (demo.eval_images, demo.eval_labels)),
+        forward_pass_callback=qa.CallbackFunc(calibrate, demo.calibration),
+        eval_callback=qa.CallbackFunc(evaluate, demo.eval_data),
         progress=not args.no_progress and None)
     analyzer.enable_per_layer_mse_loss(demo.unlabeled_batches(args.mse_batches), args.mse_batches)
-    param_bw = args.param_bw or DEMO_PARAM_BW
-    output_bw = args.output_bw or DEMO_OUTPUT_BW
+    param_bw = args.param_bw or PARAM_BW
+    output_bw = args.output_bw or OUTPUT_BW
     r = analyzer.analyze(quant_scheme=args.scheme, default_param_bw=param_bw, default_output_bw=output_bw,
                          results_dir=args.out)
-    print(f"qa demo: {demo.description}")
+    print(f"qa demo: a 6-layer CNN (with a depthwise conv) on {len(demo.eval_labels):,} Fashion-MNIST test images")
     print(f"quantization: weights {param_bw} bit, activations {output_bw} bit, scheme {r.quant_scheme}")
     print(f"  FP32 accuracy                {r.fp32_score:6.2f} %")
     print(f"  weights quantized only       {r.weight_quantized_score:6.2f} %")
