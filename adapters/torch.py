@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import QAError, QAValueError
+from ..errors import QAValueError
 from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 
 __all__ = ["TorchAdapter", "fold_batch_norms", "is_model"]
@@ -420,8 +419,6 @@ class TorchAdapter:
         return hook
 
     def _post_hook(self, name: str, quantizers: List[Quantizer]):
-        calls = [0]
-
         def hook(module, args, output):
             tensors = output if isinstance(output, (tuple, list)) else (output,)
             result = []

@@ -20,7 +20,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -155,7 +154,7 @@ def main() -> None:
     print(f"{'analyze (everything)':<30} {total:.2f} s for {evals} evaluations + calibration + MSE "
           f"({len(result.files)} files); {evals} FP32 evaluations alone take {evals * t_eval:.2f} s")
     try:
-        import aimet_torch  # noqa: F401
+        import aimet_torch  # noqa: F401  (only whether it is installed)
         print("aimet_torch is installed, but its QuantAnalyzer timing is not wired up in this script yet")
     except ImportError:
         print("aimet_torch not installed: no AIMET timing in this run")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import sys
 import time
 import warnings
@@ -17,7 +16,7 @@ from .errors import QACallbackError, QAError, QAValueError
 from .graph import PARAM
 from .observers import ErrorStats, Histogram
 from .report import SUMMARY_SCHEMA_VERSION, ResultsDir, histogram_record
-from .sim import CallbackFunc, QuantScheme, QuantSim, as_callback, as_score, call_user
+from .sim import CallbackFunc, QuantScheme, QuantSim, as_callback, call_user
 
 __all__ = ["QuantAnalyzer", "AnalysisResult"]
 

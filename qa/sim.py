@@ -6,9 +6,7 @@ import enum
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
-
-import numpy as np
+from typing import Any, Callable, Dict, Iterable, List, Set, Union
 
 from ._arrays import check_bitwidth
 from .config import apply_config, load_config

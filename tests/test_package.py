@@ -1,6 +1,5 @@
 """The installed package: layout, version, command line, and that `import qa` needs no framework."""
 
-import os
 import subprocess
 import sys
 import textwrap

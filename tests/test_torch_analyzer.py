@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
