@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Union
 
 import numpy as np
 
-from .errors import QAError
+from ..errors import QAError
 
 __all__ = ["ResultsDir", "sanitize", "SUMMARY_SCHEMA_VERSION"]
 
