@@ -110,7 +110,7 @@ class QuantAnalyzer:
         >>> import torch, qa
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
         >>> data = torch.randn(64, 4)
-        >>> score = lambda m: -float((m(data) - net(data)).pow(2).mean())  # closeness to FP32
+        >>> score = lambda m: -float((m(data) - net(data)).pow(2).mean().detach())  # closeness to FP32
         >>> analyzer = qa.QuantAnalyzer(net, data[:1], lambda m: m(data), score, progress=False)
         >>> import tempfile
         >>> result = analyzer.analyze(quant_scheme="tf", results_dir=tempfile.mkdtemp())

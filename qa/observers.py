@@ -190,7 +190,8 @@ class Histogram(RunningMinMax):
     @property
     def total(self) -> Any:
         """Number of finite values binned (per channel when per channel)."""
-        return self.counts.sum(axis=-1)
+        total = self.counts.sum(axis=-1)
+        return int(total) if self.axis is None else total
 
     @property
     def edges(self) -> np.ndarray:
