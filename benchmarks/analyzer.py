@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import time
 
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 
 import qa
+
+from _timing import timed  # benchmarks/ is on sys.path when a script runs
 
 
 def block(c_in: int, c_out: int, stride: int) -> nn.Module:
@@ -53,16 +54,6 @@ def make_model() -> nn.Module:
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     return net.eval()
-
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def torch_fake_quant_sim(model: nn.Module, encodings: dict) -> list:

@@ -9,22 +9,12 @@ plus qa's fake-quantization bandwidth against np.copyto.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 from qa import kernels
 
-
-def timed(fn, repeat):
-    fn()  # warm up: page faults, thread pools, caches
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from _timing import timed  # benchmarks/ is on sys.path when a script runs
 
 
 def report(label, peer_name, t_peer, t_qa):
