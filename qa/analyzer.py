@@ -24,14 +24,27 @@ log = logging.getLogger("qa")
 
 
 def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
-    """Pick the adapter by the model's type; a framework is considered only if already imported."""
+    """Pick the adapter by the model's type; a framework is considered only if already imported
+    (a path to a .onnx file is the one case that imports one: onnx and onnxruntime)."""
+    import os
+
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .adapters.torch import TorchAdapter
 
         return TorchAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
-    raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: "
-                       f"qa analyses torch.nn.Module models (ONNX and Keras adapters are coming)")
+    onnx = sys.modules.get("onnx")
+    is_path = isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
+    if is_path or (onnx is not None and isinstance(model, onnx.ModelProto)):
+        try:
+            from .adapters.onnx import OnnxAdapter
+        except ImportError as e:
+            raise ImportError(f"analysing ONNX models needs onnx and onnxruntime ({e}); "
+                              f"pip install 'qa-quant[onnx]'") from e
+        return OnnxAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
+    raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: qa analyses "
+                       f"torch.nn.Module models and ONNX models (an onnx.ModelProto or the path of a .onnx file); "
+                       f"the Keras adapter is coming")
 
 
 @dataclass
@@ -68,11 +81,19 @@ class AnalysisResult:
     error: Optional[str] = None
 
     def most_sensitive_layers(self, k: int = 3) -> List[str]:
-        """Layers whose quantization costs the most: lowest score when only they are quantized,
-        ties broken by the highest score when only they are left in float."""
-        layers = list(self.per_layer_quant_enabled)
-        key = lambda n: (self.per_layer_quant_enabled[n], -self.per_layer_quant_disabled.get(n, 0.0))  # noqa: E731
-        return sorted(layers, key=key)[:k]
+        """Layers whose quantization costs the most: the larger of the loss when only the layer is
+        quantized and the recovery when only it stays in float (the dashboard's ranking)."""
+        from .report._load import impact_order
+
+        def key(item):
+            index, name = item
+            cost = gain = None
+            if self.fp32_score is not None:
+                cost = self.fp32_score - self.per_layer_quant_enabled[name]
+            if self.quantized_score is not None and name in self.per_layer_quant_disabled:
+                gain = self.per_layer_quant_disabled[name] - self.quantized_score
+            return impact_order(cost, gain, index)
+        return [name for _, name in sorted(enumerate(self.per_layer_quant_enabled), key=key)][:k]
 
     def summary(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -361,6 +382,9 @@ class QuantAnalyzer:
             self.adapter.set_active(set(), None)  # leave the analysis copy in float
             result.files = list(results.written)
             self._write_summary(results, result)
+        from .report import try_build_html  # HTML from the JSON just written; a failure there is a warning
+
+        result.files += try_build_html(results.root)
         self._log_summary(result)
         return result
 

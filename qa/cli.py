@@ -1,4 +1,4 @@
-"""The ``qa`` command line: version, a kernel self-check, and the demo analysis."""
+"""The ``qa`` command line: version, a kernel self-check, the demo analysis, and the HTML report."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 from ._version import __version__
@@ -95,6 +96,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """Rebuild every HTML page of a results folder from its JSON files."""
+    from .errors import QAError
+    from .report import build_html
+
+    t0 = time.perf_counter()
+    try:
+        files = build_html(args.results_dir, png=args.png, svg=args.svg)
+    except QAError as e:
+        print(f"qa report: {e}", file=sys.stderr)
+        return 1
+    pages = [f for f in files if f.suffix == ".html"]
+    images = [f for f in files if f.suffix in (".png", ".svg")]
+    extra = f" and {len(images)} chart images" if images else ""
+    index = Path(args.results_dir).expanduser().resolve() / "index.html"
+    print(f"qa report: {len(pages)} pages{extra} in {time.perf_counter() - t0:.1f} s; open {index}")
+    return 0
+
+
 def _observed(obs, data):
     obs.update(data)
     return obs
@@ -118,6 +138,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mse-batches", type=int, default=4, help="batches of 64 images for per-layer MSE")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("report", help="rebuild the HTML pages of a results folder from its JSON files")
+    p.add_argument("results_dir", help="a results folder written by qa (or AIMET-style JSON files)")
+    p.add_argument("--png", action="store_true", help="also write every chart as PNG, for slides")
+    p.add_argument("--svg", action="store_true", help="also write every chart as SVG")
+    p.set_defaults(func=_report)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

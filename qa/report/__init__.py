@@ -1,8 +1,13 @@
-"""Every result file qa writes: JSON now (AIMET's names and shapes), the HTML pages build on it."""
+"""Every result file qa writes: the JSON (AIMET's names and shapes) and the HTML pages built from it.
+
+Altair and vl-convert (the ``report`` extra) are imported only when HTML is built.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -14,20 +19,33 @@ import numpy as np
 
 from ..errors import QAError
 
-__all__ = ["ResultsDir", "sanitize", "SUMMARY_SCHEMA_VERSION"]
+__all__ = ["ResultsDir", "sanitize", "SUMMARY_SCHEMA_VERSION", "build_html", "try_build_html"]
 
 SUMMARY_SCHEMA_VERSION = 1
+_MAX_NAME = 120  # keeps every path component well under the usual 255-byte limit
+
+log = logging.getLogger("qa")
 
 
 def sanitize(name: str) -> str:
     """A file-name-safe form of a layer or quantizer name (AIMET: ``re.sub(r'\\W+', '_', name)``).
 
+    Only ASCII letters, digits and ``_`` remain. Names that would lose more than punctuation
+    (non-ASCII letters, nothing left, very long) get a short stable hash of the full name, so
+    that different names keep different files and every process finds the same file.
+
     Example:
         >>> sanitize("layer1.0/conv..</script>")
         'layer1_0_conv_script_'
+        >>> sanitize("卷积1") == sanitize("卷积1") != sanitize("池化1")
+        True
     """
-    safe = re.sub(r"\W+", "_", str(name), flags=re.ASCII)
-    return safe if safe.strip("_") else "_" + str(abs(hash(name)) % 10**8)
+    name = str(name)
+    safe = re.sub(r"\W+", "_", name, flags=re.ASCII)
+    if safe.strip("_") and len(safe) <= _MAX_NAME and safe == re.sub(r"\W+", "_", name):
+        return safe
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe.strip('_')[:_MAX_NAME - 11]}_{digest}" if safe.strip("_") else f"_{digest}"
 
 
 def _plain(value: Any) -> Any:
@@ -61,6 +79,7 @@ class ResultsDir:
         except OSError as e:
             raise QAError(f"results_dir {str(self.root)!r} is not writable: {e.strerror or e}") from e
         self.written: List[Path] = []
+        self._known: set = set()  # the same paths, for O(1) membership
 
     def path(self, *parts: str) -> Path:
         """root/parts..., each part sanitized except the file suffix; never outside root."""
@@ -85,7 +104,8 @@ class ResultsDir:
             os.replace(tmp, target)
         except OSError as e:
             raise QAError(f"cannot write {target}: {e.strerror or e}") from e
-        if target not in self.written:
+        if target not in self._known:
+            self._known.add(target)
             self.written.append(target)
 
 
@@ -103,3 +123,54 @@ def histogram_record(stats: Any, encoding: Any) -> Dict[str, Any]:
         return one(stats.counts, stats.lo, stats.width, encoding.min, encoding.max)
     return {"channels": [one(stats.counts[c], stats.lo[c], stats.width[c], encoding.min[c], encoding.max[c])
                          for c in range(stats.channels)]}
+
+
+def build_html(results_dir: Union[str, os.PathLike], *, png: bool = False, svg: bool = False) -> List[Path]:
+    """Build every HTML page of a results folder from its JSON files alone.
+
+    Works on any folder ``analyze`` wrote (also one copied elsewhere), and on AIMET-style folders
+    with only some of the JSON files. Pages render offline: the Vega JavaScript is written once to
+    ``_static/qa_vega.js`` and every page refers to it by a relative path.
+
+    Args:
+        results_dir: the results folder.
+        png: also write each chart as a PNG (``charts/<page>_<chart>.png``), for slides.
+        svg: the same as SVG.
+
+    Returns:
+        The files written: pages, the shared ``_static/`` files, the exported images.
+
+    Raises:
+        QAError: no results in the folder, a file cannot be written, or altair / vl-convert-python
+            are missing (``pip install 'qa-quant[report]'``).
+
+    Example:
+        >>> import qa.report, tempfile
+        >>> qa.report.build_html(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        qa.errors.QAError: no qa results in ...
+    """
+    try:
+        from . import _html
+    except ImportError as e:
+        raise QAError(f"the HTML report needs altair and vl-convert-python ({e}): "
+                      "pip install 'qa-quant[report]'") from e
+    return _html.build(results_dir, png=png, svg=svg)
+
+
+def try_build_html(results_dir: Union[str, os.PathLike]) -> List[Path]:
+    """``build_html`` that never fails: a missing altair or a failing page is one logged warning
+    (the JSON results stay as they are; ``qa report DIR`` retries). Returns the files written."""
+    try:
+        from . import _html
+    except ImportError as e:
+        log.warning("no HTML report: it needs altair and vl-convert-python (missing: %s); the JSON results are "
+                    "complete. pip install 'qa-quant[report]', then run: qa report %s", e.name or e, results_dir)
+        return []
+    try:
+        return _html.build(results_dir)
+    except Exception as e:  # the JSON is what matters; the pages can be rebuilt from it
+        log.warning("the HTML report failed (%s: %s); the JSON results are complete; qa report %s retries",
+                    type(e).__name__, e, results_dir, exc_info=log.isEnabledFor(logging.DEBUG))
+        return []

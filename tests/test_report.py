@@ -1,0 +1,381 @@
+"""The HTML report (qa.report): every page, offline, rebuilt from JSON alone, safe with hostile names."""
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("altair")
+pytest.importorskip("vl_convert")
+
+import qa.report  # noqa: E402
+from qa.cli import main as qa_main  # noqa: E402
+from qa.errors import QAError  # noqa: E402
+from qa.report import ResultsDir, build_html, sanitize, try_build_html  # noqa: E402
+
+BUNDLE = "_static/qa_vega.js"
+HOSTILE = ["<script>alert(1)</script>", 'say "hi" & <b>bold</b>', "../../escaped", "..", "/etc/passwd",
+           "卷积层\u2028ü", "</script><script>alert(2)</script>", "normal.layer"]
+TAGS = {"html", "head", "meta", "title", "link", "script", "body", "nav", "a", "main", "h1", "h2", "h3", "p",
+        "div", "span", "figure", "figcaption", "ul", "ol", "li", "b", "br", "code", "table", "thead", "tbody",
+        "tr", "th", "td", "details", "summary", "footer"}
+
+
+# ---- a results folder written the way analyze writes it, without needing torch --------------
+
+def _hist(lo, hi, n, rng, emin, emax, bins=2048):
+    counts = np.histogram(np.clip(rng.normal((lo + hi) / 2, (hi - lo) / 6, n), lo, hi), bins=bins, range=(lo, hi))[0]
+    edges = np.linspace(lo, hi, bins + 1)
+    mids = (edges[:-1] + edges[1:]) / 2
+    clipped = counts[(mids < emin) | (mids > emax)].sum() / counts.sum()
+    return {"edges": edges, "counts": counts, "encoding_min": emin, "encoding_max": emax, "clipped_fraction": clipped}
+
+
+def write_results(root, names, *, culprit=None, channels=4, seed=0):
+    """A complete results folder: per-tensor and per-channel weights, activations, MSE, histograms."""
+    rng = np.random.default_rng(seed)
+    out = ResultsDir(root)
+    culprit = culprit or names[0]
+    layers, enabled, disabled, mse, sqnr, weights, acts, encodings = [], {}, {}, {}, {}, {}, {}, {}
+    for i, name in enumerate(names):
+        w, a = f"{name}_weight", f"{name}_output_0"
+        layers.append({"name": name, "type": "Conv2d", "op_type": "Conv", "quantizers": [a, w]})
+        bad = name == culprit
+        enabled[name] = 70.0 if bad else 89.5 - 0.1 * i
+        disabled[name] = 80.0 if bad else 71.0 + 0.1 * i
+        mse[name] = 0.5 if bad else 0.01 * (i + 1)
+        sqnr[name] = 3.0 if bad else 20.0 - i
+        if i % 2:  # per channel
+            lo = -np.abs(rng.normal(1, 0.3, channels))
+            hi = np.abs(rng.normal(1, 0.3, channels))
+            weights[w] = {f"{w}_{c}": [float(x), float(y)] for c, (x, y) in enumerate(zip(lo, hi))}
+            encodings[w] = [{"min": float(x), "max": float(y), "scale": float((y - x) / 15), "offset": -8,
+                             "bitwidth": 4, "is_symmetric": "True"} for x, y in zip(lo, hi)]
+            record = {"channels": [_hist(x * 1.2, y * 1.2, 300, rng, x, y) for x, y in zip(lo, hi)]}
+        else:
+            weights[w] = [-1.0, 0.875]
+            encodings[w] = {"min": -1.0, "max": 0.875, "scale": 0.125, "offset": -8, "bitwidth": 4,
+                            "is_symmetric": "True"}
+            record = _hist(-1.3, 1.2, 500, rng, -1.0, 0.875)
+        out.write_json(record, "weights_pdf", name, "weight.json")
+        acts[a] = [0.0, 6.0]
+        encodings[a] = {"min": 0.0, "max": 6.0, "scale": 6 / 255, "offset": 0, "bitwidth": 8, "is_symmetric": "False"}
+        out.write_json(_hist(0.0, 9.0, 5000, rng, 0.0, 6.0), "activations_pdf", f"{a}.json")
+    summary = {"schema_version": 1, "quant_scheme": "tf_enhanced", "default_param_bw": 4, "default_output_bw": 8,
+               "fp32_score": 90.0, "weight_quantized_score": 72.0, "activation_quantized_score": 89.0,
+               "quantized_score": 71.0, "per_layer_quant_enabled": enabled, "per_layer_quant_disabled": disabled,
+               "weight_ranges": weights, "activation_ranges": acts, "per_layer_mse": mse, "per_layer_sqnr_db": sqnr,
+               "layers": layers, "encodings": encodings, "unquantized_ops": ["add <b>"],
+               "folded_batch_norms": [["bn</script>", names[0]]], "status": "complete", "error": None,
+               "seconds": {"calibration": 0.5}}
+    out.write_json(summary, "summary.json")
+    out.write_json(enabled, "per_layer_quant_enabled.json")
+    out.write_json(disabled, "per_layer_quant_disabled.json")
+    out.write_json(mse, "per_layer_mse_loss.json")
+    out.write_json(weights, "min_max_ranges", "weights.json")
+    out.write_json(acts, "min_max_ranges", "activations.json")
+    return out.root
+
+
+def pages(root):
+    return sorted(p for p in Path(root).rglob("*.html"))
+
+
+def rel(root, paths):
+    return sorted(str(p.relative_to(root).as_posix()) for p in paths)
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.scripts, self.urls = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "script":
+            self.scripts.append(attrs)
+        for key in ("href", "src"):
+            if key in attrs:
+                self.urls.append(attrs[key])
+
+
+def parse(page):
+    p = _Tags()
+    p.feed(page.read_text(encoding="utf-8"))
+    return p
+
+
+def check_page_is_offline_and_safe(root, page):
+    """The checks every page must pass; returns the parsed page."""
+    text = page.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text, page
+    parsed = parse(page)
+    for tag, attrs in parsed.tags:
+        assert tag in TAGS, (page, tag)
+        assert not any(a.startswith("on") for a in attrs), (page, tag, attrs)
+    srcs = [s["src"] for s in parsed.scripts if "src" in s]
+    assert srcs and srcs[0].endswith(BUNDLE), page  # the bundle, by a relative path, first
+    for s in parsed.scripts:
+        assert "src" in s or s.get("type") == "application/json", (page, s)
+    for url in parsed.urls:  # every link and script is relative and names a file inside results_dir
+        assert not re.match(r"^[a-z]+:|^/", url), (page, url)
+        target = (page.parent / url.split("#")[0]).resolve()
+        assert target.is_file() and root.resolve() in target.parents, (page, url)
+    assert text.count("<script") == text.count("</script>") == len(parsed.scripts), page
+    assert len(text) < 2_000_000 and "vegaEmbed=" not in text.replace(" ", ""), page  # the bundle is not inlined
+    return parsed
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hostile")
+    (base / "outside").mkdir()
+    root = write_results(base / "results", HOSTILE, culprit=HOSTILE[2])
+    before = {p for p in base.rglob("*")}
+    files = build_html(root)
+    return base, root, files, before
+
+
+def test_every_page_is_written(hostile):
+    base, root, files, _ = hostile
+    written = rel(root, [f for f in files if f.suffix == ".html"])
+    assert written == rel(root, pages(root))
+    expected = {"index.html", "per_layer_quant_enabled.html", "per_layer_quant_disabled.html",
+                "per_layer_mse_loss.html", "min_max_ranges/weights.html", "min_max_ranges/activations.html"}
+    for name in HOSTILE:  # a histogram page beside every histogram JSON
+        expected.add(f"weights_pdf/{sanitize(name)}/weight.html")
+        expected.add(f"activations_pdf/{sanitize(name + '_output_0')}.html")
+    for i, name in enumerate(HOSTILE):
+        if i % 2:
+            expected.add(f"min_max_ranges/{sanitize(name + '_weight')}.html")
+    assert set(written) == expected
+    assert (root / BUNDLE).stat().st_size > 100_000
+    assert len(list(root.rglob("*.js"))) == 2  # the Vega bundle and the page script, once per folder
+
+
+def test_hostile_names_stay_inside_results_dir_and_escaped(hostile):
+    base, root, files, before = hostile
+    new = {p for p in base.rglob("*")} - before
+    assert new and all(root in p.parents for p in new)
+    assert not any((base / "outside").iterdir())
+    for p in root.rglob("*"):
+        assert re.fullmatch(r"[A-Za-z0-9_.]+", p.name), p
+    for page in pages(root):
+        text = page.read_text(encoding="utf-8")
+        parsed = check_page_is_offline_and_safe(root, page)
+        assert "<script>alert" not in text and "<b>bold" not in text and "<b>\"" not in text, page
+        assert 'say "hi"' not in text, page  # a raw quote could end an attribute
+        for tag, attrs in parsed.tags:  # no name leaked into markup, only into text and JSON data
+            for value in attrs.values():
+                assert not any(n in (value or "") for n in HOSTILE if len(n) > 2), (page, tag, value)
+    # The names survive intact in the data: HTML-escaped in text, JSON-escaped in the chart specs.
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index and "say &quot;hi&quot; &amp; &lt;b&gt;bold" in index
+    specs = re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', index, re.S)
+    shown = set()
+
+    def strings(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, str):
+            yield v
+
+    for spec in specs:
+        shown |= set(strings(json.loads(spec)))
+    assert HOSTILE[0] in shown and "../../escaped" in shown and "卷积层\u2028ü" in shown
+
+
+def test_dashboard_names_the_culprit_and_what_to_try(hostile):
+    _, root, _, _ = hostile
+    index = (root / "index.html").read_text(encoding="utf-8")
+    verdict = index[index.index('class="card verdict'):index.index("</ol>")]
+    assert "Quantization costs 19" in verdict and "Weights cause it" in verdict
+    assert "Start with ../../escaped" in verdict and "per channel" in verdict
+    assert 'id="culprit-1"' in index and "alone \u221220" in index and "in float +9" in index
+    assert "SQNR 3 dB" in index  # the evidence: its SQNR and the jump from the previous layer
+    assert "Not quantized" in index and "add &lt;b&gt;" in index  # unquantized ops are called out
+    for link in ("per_layer_quant_enabled.html", "per_layer_quant_disabled.html", "per_layer_mse_loss.html",
+                 "min_max_ranges/weights.html", "min_max_ranges/activations.html", "summary.json"):
+        assert f'href="{link}"' in index, link
+
+
+def test_charts_have_tooltips_and_embed_valid_vega_lite(hostile):
+    _, root, _, _ = hostile
+    for page in [root / "index.html", root / "per_layer_quant_enabled.html", root / "per_layer_mse_loss.html",
+                 root / "min_max_ranges" / "weights.html", *sorted((root / "weights_pdf").rglob("*.html"))[:2]]:
+        specs = re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', page.read_text("utf-8"), re.S)
+        assert specs, page
+        for text in specs:
+            assert '"tooltip"' in text, page
+            spec = json.loads(text)
+            assert "$schema" not in spec and spec["datasets"], page
+
+
+def test_qa_report_rebuilds_a_copied_folder_from_json_alone(hostile, tmp_path, capsys):
+    _, root, _, _ = hostile
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(root, copy)
+    for p in pages(copy):
+        p.unlink()
+    shutil.rmtree(copy / "_static")
+    assert qa_main(["report", str(copy)]) == 0
+    assert "open" in capsys.readouterr().out
+    assert rel(copy, pages(copy)) == rel(root, pages(root))
+    for page in pages(copy):
+        assert page.read_bytes() == (root / page.relative_to(copy)).read_bytes(), page  # deterministic
+        check_page_is_offline_and_safe(copy, page)
+
+
+def test_png_and_svg_export(tmp_path):
+    root = write_results(tmp_path / "r", ["conv1", "conv2"], culprit="conv2")
+    files = build_html(root, png=True, svg=True)
+    png = [f for f in files if f.suffix == ".png"]
+    svg = [f for f in files if f.suffix == ".svg"]
+    assert (root / "charts" / "index_culprits.png") in png and (root / "charts" / "index_sensitivity.svg") in svg
+    assert len(png) == len(svg) >= 10
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in png)
+    assert all(f.read_text(encoding="utf-8").lstrip().startswith("<svg") for f in svg)
+
+
+def test_aimet_style_folder_without_summary(tmp_path):
+    out = ResultsDir(tmp_path)
+    out.write_json({"conv1": 0.9, "fc": 0.5}, "per_layer_quant_enabled.json")
+    out.write_json({"conv1_weight": [-1, 1], "fc_weight": {"fc_weight_0": [-1, 1], "fc_weight_1": [-2, 2]}},
+                   "min_max_ranges", "weights.json")
+    files = build_html(tmp_path)
+    assert {"index.html", "per_layer_quant_enabled.html", "min_max_ranges/weights.html",
+            "min_max_ranges/fc_weight.html"} <= set(rel(tmp_path, files))
+    for page in pages(tmp_path):
+        check_page_is_offline_and_safe(tmp_path, page)
+
+
+def test_no_results_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(QAError, match="no qa results"):
+        build_html(tmp_path)
+    assert qa_main(["report", str(tmp_path)]) == 1
+    assert "no qa results" in capsys.readouterr().err
+
+
+def test_a_bad_histogram_file_skips_only_its_page(tmp_path, caplog):
+    root = write_results(tmp_path / "r", ["a", "b"])
+    (root / "activations_pdf" / "a_output_0.json").write_text('{"edges": [1], "counts": [1, 2]}')
+    with caplog.at_level(logging.WARNING, logger="qa"):
+        files = build_html(root)
+    assert "a_output_0" in caplog.text
+    assert (root / "index.html") in files and (root / "activations_pdf" / "b_output_0.html") in files
+    assert not (root / "activations_pdf" / "a_output_0.html").exists()
+
+
+def test_missing_altair_is_one_warning_and_the_json_stays(tmp_path, monkeypatch, caplog):
+    root = write_results(tmp_path / "r", ["a"])
+    before = {p: p.read_bytes() for p in root.rglob("*.json")}
+    monkeypatch.setitem(sys.modules, "qa.report._html", None)  # import fails as without altair
+    monkeypatch.delattr(qa.report, "_html", raising=False)
+    with caplog.at_level(logging.WARNING, logger="qa"):
+        assert try_build_html(root) == []
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "qa-quant[report]" in warnings[0].getMessage()
+    assert {p: p.read_bytes() for p in root.rglob("*.json")} == before and not pages(root)
+    with pytest.raises(QAError, match="altair"):
+        build_html(root)
+
+
+def test_a_failing_page_build_is_a_warning(tmp_path, monkeypatch, caplog):
+    from qa.report import _html
+
+    root = write_results(tmp_path / "r", ["a"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_html, "build", broken)
+    with caplog.at_level(logging.WARNING, logger="qa"):
+        assert try_build_html(root) == []
+    assert "boom" in caplog.text and (root / "summary.json").is_file()
+
+
+def test_import_qa_report_does_not_import_altair():
+    code = textwrap.dedent("""
+        import sys, qa, qa.report, qa.analyzer
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("altair", "vl_convert")))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).anchor)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_sanitize_is_stable_and_keeps_unicode_names_apart():
+    assert sanitize("layer1.0/conv..</script>") == "layer1_0_conv_script_"
+    assert sanitize("卷积1") == "1_abd55bd0c0"  # a stable hash: the same in every process
+    assert sanitize("卷积1") != sanitize("池化1") and sanitize("...") != sanitize("..")
+    assert len(sanitize("x" * 1000)) <= 120
+
+
+@pytest.mark.torch
+def test_analyze_writes_the_html_of_a_real_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    import qa
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential()
+            self.body.add_module("<script>alert(1)</script>", nn.Conv2d(3, 6, 3))
+            self.body.add_module('q"uote', nn.ReLU())
+            self.body.add_module("卷积/x", nn.Conv2d(6, 6, 3, groups=6))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    with torch.no_grad():
+        ref = [net(d) for d in data]
+
+    def calibrate(model):
+        with torch.no_grad():
+            for d in data:
+                model(d)
+
+    def score(model):
+        with torch.no_grad():
+            return -float(sum(((model(d) - r) ** 2).mean() for d, r in zip(data, ref)))
+
+    config = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_symmetric": "True"},
+                           "per_channel_quantization": "True"},
+              "params": {"bias": {"is_quantized": "False"}}}
+    analyzer = qa.QuantAnalyzer(net, data[0], calibrate, score, progress=False)
+    analyzer.enable_per_layer_mse_loss(data, 2)
+    root = tmp_path / "results"
+    result = analyzer.analyze(default_param_bw=4, config_file=config, results_dir=root)
+    assert result.status == "complete"
+    html = [f for f in result.files if f.suffix == ".html"]
+    assert (root / "index.html") in html
+    for json_file in [*root.glob("activations_pdf/*.json"), *root.glob("weights_pdf/*/*.json")]:
+        assert json_file.with_suffix(".html") in html, json_file
+    for name in result.weight_ranges:  # per-channel weights get their channel-range page
+        assert (root / "min_max_ranges" / f"{sanitize(name)}.html") in html, name
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} <= {p for p in root.rglob("*")}
+    for page in pages(root):
+        check_page_is_offline_and_safe(root, page)
+        assert "<script>alert" not in page.read_text(encoding="utf-8")
