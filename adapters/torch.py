@@ -285,6 +285,8 @@ class TorchAdapter:
     """
 
     framework = "torch"
+    # How to get an operation that runs outside layers quantized in this framework.
+    unquantized_hint = "wrap them in modules (e.g. an nn.Module doing the add) to quantize them"
 
     def __init__(self, model: nn.Module, dummy_input: Any, *, modules_to_ignore: Optional[Iterable[Any]] = None) -> None:
         if not isinstance(model, nn.Module):
@@ -449,8 +451,10 @@ class TorchAdapter:
         q = torch.from_numpy(np.ascontiguousarray(values)).to(dtype=original.dtype, device=original.device)
         self._weights[quantizer.name] = (param, original, q.reshape(original.shape))
 
-    def set_active(self, names: Set[str], quantize: Callable[[Quantizer, Any], Any]) -> None:
-        """Turn on exactly these quantizers; parameters swap to their cached values in O(1)."""
+    def set_active(self, names: Set[str], quantize: Optional[Callable[[Quantizer, Any], Any]],
+                   rounding: str = "half_even") -> None:
+        """Turn on exactly these quantizers; parameters swap to their cached values in O(1).
+        (``rounding`` matters to adapters that build graphs; here ``quantize`` applies it.)"""
         self._active = set(names)
         self._quantize_fn = quantize
         for name, (param, original, quantized) in self._weights.items():

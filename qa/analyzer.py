@@ -154,7 +154,7 @@ class QuantAnalyzer:
             warnings.warn(
                 "these operations run outside quantizable layers and stay in float: "
                 + ", ".join(self.adapter.graph.unquantized_ops)
-                + " (use modules such as a quantizable add module to quantize them)", stacklevel=2)
+                + f" ({getattr(self.adapter, 'unquantized_hint', 'they are reported in the result')})", stacklevel=2)
 
     # -- setup --
 

@@ -187,7 +187,7 @@ class QuantSim:
         """Turn on exactly these quantizers (those the config left off stay off)."""
         if not self.calibrated:
             raise QAError("compute_encodings must run before quantizers can be switched on")
-        self.adapter.set_active(set(names) & self.enabled, self._quantize)
+        self.adapter.set_active(set(names) & self.enabled, self._quantize, rounding=self.rounding)
 
     def layer_quantizers(self, layer: str) -> Set[str]:
         return {q.name for q in self.graph[layer].quantizers} & self.enabled

@@ -85,7 +85,9 @@ def test_tf_matches_reference(a, b, bw, flavour):
     assert -n <= enc.offset <= 0
     lo, hi = ref.widen(mn, mx)
     slack = enc.scale * (0.5 + 1e-9)
-    assert enc.min <= lo + slack and enc.max >= hi - slack
+    # Unless a grid end had to stop at float32's limit (documented: the grid stays finite).
+    at_limit = max(abs(enc.min), abs(enc.max)) >= float(np.finfo(np.float32).max) * (1 - 2.0**-19)
+    assert at_limit or (enc.min <= lo + slack and enc.max >= hi - slack)
     assert enc.fake_quantize(np.zeros(3, np.float32)).tolist() == [0.0] * 3
 
 
