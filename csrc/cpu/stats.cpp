@@ -1,6 +1,7 @@
 // Streaming statistics: finite min/max with non-finite counts, fixed-size histograms, exact growth.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -51,8 +52,29 @@ QA_HOT MinMaxF minmax_run(const float* x, int64_t n) {
     const int64_t m = std::min(kBlock, n - b);
     const float* xb = x + b;
     float lo = kInf, hi = -kInf, flag = 0.0f;
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : flag)
-    for (int64_t i = 0; i < m; ++i) {
+    int64_t i = 0;
+#if defined(__GNUC__)
+    // Eight independent 4-float accumulators: one would make the loop wait on min/max/add
+    // latency (3x slower). GCC/Clang vector extensions map to SSE/AVX on any x86-64 or NEON.
+    typedef float v4 __attribute__((vector_size(16)));
+    v4 vlo[8], vhi[8], vfl[8];
+    for (int j = 0; j < 8; ++j) vlo[j] = v4{} + kInf, vhi[j] = v4{} - kInf, vfl[j] = v4{};
+    for (; i + 32 <= m; i += 32)
+      for (int j = 0; j < 8; ++j) {
+        v4 v;
+        std::memcpy(&v, xb + i + 4 * j, sizeof v);
+        vlo[j] = v < vlo[j] ? v : vlo[j];
+        vhi[j] = v > vhi[j] ? v : vhi[j];
+        vfl[j] += v - v;
+      }
+    for (int j = 0; j < 8; ++j)
+      for (int k = 0; k < 4; ++k) {
+        lo = std::min(lo, vlo[j][k]);
+        hi = std::max(hi, vhi[j][k]);
+        flag += vfl[j][k];
+      }
+#endif
+    for (; i < m; ++i) {
       lo = std::min(lo, xb[i]);
       hi = std::max(hi, xb[i]);
       flag += xb[i] - xb[i];
