@@ -116,10 +116,13 @@ class QuantAnalyzer:
     """Finds where a model loses accuracy when quantized (a drop-in for AIMET's QuantAnalyzer).
 
     Args:
-        model: the FP32 model (``torch.nn.Module``). It is never modified: qa works on a copy.
-        dummy_input: inputs the model accepts (a tensor, a tuple of tensors, or a dict).
+        model: the FP32 model: a ``torch.nn.Module``, or an ``onnx.ModelProto`` / the path of a
+            ``.onnx`` file. It is never modified: qa works on a copy.
+        dummy_input: inputs the model accepts (torch: a tensor, a tuple of tensors, or a dict;
+            ONNX: a dict of numpy arrays keyed by input name).
         forward_pass_callback: calibration, ``CallbackFunc(func, args)`` called as
-            ``func(model, args)``, or a plain ``func(model)``.
+            ``func(model, args)``, or a plain ``func(model)``. ``model`` is qa's quantization
+            simulation: a torch module, or for ONNX a session with ``run(None, feeds)``.
         eval_callback: evaluation returning a score (higher is better), same calling convention.
         modules_to_ignore: modules (or their names) to leave unquantized.
         forward_fn: ``forward_fn(model, batch)`` runs one batch of the MSE data (models with

@@ -195,3 +195,42 @@ def test_layer_names_with_html_and_script_payloads_stay_text(browser, tmp_path):
                 assert PAYLOADS[0] in text or PAYLOADS[2] in text  # shown, as text
         finally:
             page.close()
+
+
+def test_pages_of_an_onnx_analysis_render(browser, tmp_path):
+    """The same report, from the ONNX analyzer (the model exported from PyTorch here)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import io
+
+    import numpy as np
+
+    net = make_model()
+    x = torch.randn(32, 3, 12, 12)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x[:1],), buf, dynamo=False, opset_version=17, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    data = x.numpy()
+    labels = net(x).argmax(1).numpy()
+
+    def evaluate(session):
+        return float((session.run(None, {"input": data})[0].argmax(1) == labels).mean() * 100)
+
+    analyzer = qa.QuantAnalyzer(proto, {"input": data[:1]}, lambda s: s.run(None, {"input": data}), evaluate,
+                                progress=False)
+    analyzer.enable_per_layer_mse_loss([{"input": data[:16]}, {"input": data[16:]}], 2)
+    out = tmp_path / "onnx_results"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = analyzer.analyze("tf_enhanced", 4, 8, results_dir=out)
+    assert result.per_layer_mse and np.isfinite(list(result.per_layer_mse.values())).all()
+    pages = sorted(out.rglob("*.html"))
+    assert {"index.html", "per_layer_mse_loss.html"} <= {p.name for p in pages}
+    for path in pages:
+        page, errors, outside, dialogs = open_page(browser, path)
+        try:
+            assert charts_drawn(page) >= 1, path
+            assert not errors and not outside and not dialogs, (path.name, errors, outside)
+        finally:
+            page.close()
