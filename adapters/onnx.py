@@ -55,6 +55,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QAError, QAValueError
+from ._base import AdapterBase
 from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 
 __all__ = ["OnnxAdapter", "QuantSimSession", "is_model", "load_model", "NO_OUTPUT_QUANTIZER"]
@@ -616,7 +617,7 @@ class _Runner:
 
 # ---- the adapter ------------------------------------------------------------------------------------
 
-class OnnxAdapter:
+class OnnxAdapter(AdapterBase):
     """Exposes an ONNX model to qa's engine: layers, quantizers, and runs with any quantizers on.
 
     Args:
@@ -1233,25 +1234,6 @@ class OnnxAdapter:
                 for input_name, value in zip(point.inputs[:4], self._encoding_values(q, point)):
                     self._set(input_name, value)
             self._set(point.inputs[4], self._true if on else self._false)
-
-    @contextlib.contextmanager
-    def observing(self, observers: Dict[str, Any]) -> Iterator[None]:
-        """Within the block, runs stream every quantizer's tensor into its observer (nothing quantized)."""
-        self.set_active(set(), self._quantize_fn)
-        self._observers = observers
-        try:
-            yield
-        finally:
-            self._observers = None
-
-    @contextlib.contextmanager
-    def capturing(self, sink: Callable[[str, int, Any], None]) -> Iterator[None]:
-        """Within the block, every layer output (after its quantizer) is passed to sink(layer, i, array)."""
-        self._capture = sink
-        try:
-            yield
-        finally:
-            self._capture = None
 
     def run(self, inputs: Any) -> List[np.ndarray]:
         """One run of the analysis copy on model inputs ({name: array}, an array, or a tuple)."""

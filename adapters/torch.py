@@ -8,7 +8,6 @@ device and use qa's CUDA kernels when available.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import QAValueError
+from ._base import AdapterBase
 from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 
 __all__ = ["TorchAdapter", "fold_batch_norms", "is_model"]
@@ -273,7 +273,7 @@ def _from_result(result: Any, like: torch.Tensor) -> torch.Tensor:
     return out.to(like.dtype) if out.dtype != like.dtype else out
 
 
-class TorchAdapter:
+class TorchAdapter(AdapterBase):
     """Exposes a torch model to qa's engine: layers, quantizers, and runs with any quantizers on.
 
     Example:
@@ -459,25 +459,6 @@ class TorchAdapter:
         self._quantize_fn = quantize
         for name, (param, original, quantized) in self._weights.items():
             param.data = quantized if (name in self._active and quantized is not None) else original
-
-    @contextlib.contextmanager
-    def observing(self, observers: Dict[str, Any]) -> Iterator[None]:
-        """Within the block, forward passes stream activations into observers (nothing quantized)."""
-        self.set_active(set(), self._quantize_fn)
-        self._observers = observers
-        try:
-            yield
-        finally:
-            self._observers = None
-
-    @contextlib.contextmanager
-    def capturing(self, sink: Callable[[str, int, Any], None]) -> Iterator[None]:
-        """Within the block, every layer output (after its quantizer) is passed to sink(layer, i, array)."""
-        self._capture = sink
-        try:
-            yield
-        finally:
-            self._capture = None
 
     def run(self, inputs: Any) -> Any:
         """One forward pass of the analysis copy on model inputs, without gradients."""
