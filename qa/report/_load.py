@@ -56,8 +56,11 @@ class Histogram:
 
     @classmethod
     def from_record(cls, record: Any) -> "Histogram":
-        edges = np.asarray(record["edges"], dtype=np.float64)
         counts = np.asarray(record["counts"], dtype=np.float64)
+        if "edges" in record:  # an explicit edge list (as other tools write it)
+            edges = np.asarray(record["edges"], dtype=np.float64)
+        else:  # qa's compact form: lo and width of the bins
+            edges = float(record["lo"]) + float(record["width"]) * np.arange(counts.size + 1)
         if counts.ndim != 1 or edges.shape != (counts.size + 1,) or not np.all(np.isfinite(edges)):
             raise ValueError(f"{counts.size} counts need {counts.size + 1} finite edges, got {edges.size}")
         counts = np.where(np.isfinite(counts) & (counts > 0), counts, 0.0)
