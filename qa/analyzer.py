@@ -28,6 +28,12 @@ def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
     (a path to a .onnx file is the one case that imports one: onnx and onnxruntime)."""
     import os
 
+    # Keras first: on the torch backend a keras.Model is also a torch.nn.Module.
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, getattr(keras, "Model", ())):
+        from .adapters.keras import KerasAdapter  # dummy_input may be None: Keras models know their inputs
+
+        return KerasAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .adapters.torch import TorchAdapter
@@ -43,8 +49,8 @@ def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
                               f"pip install 'qa-quant[onnx]'") from e
         return OnnxAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
     raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: qa analyses "
-                       f"torch.nn.Module models and ONNX models (an onnx.ModelProto or the path of a .onnx file); "
-                       f"the Keras adapter is coming")
+                       f"torch.nn.Module models, Keras 3 keras.Model models (Functional or Sequential) "
+                       f"and ONNX models (an onnx.ModelProto or the path of a .onnx file)")
 
 
 @dataclass
@@ -142,9 +148,14 @@ class QuantAnalyzer:
         ['0', '1', '2']
     """
 
-    def __init__(self, model: Any, dummy_input: Any, forward_pass_callback: Any, eval_callback: Any,
-                 modules_to_ignore: Optional[Iterable[Any]] = None, *,
+    def __init__(self, model: Any, dummy_input: Any = None, forward_pass_callback: Any = None,
+                 eval_callback: Any = None, modules_to_ignore: Optional[Iterable[Any]] = None, *,
                  forward_fn: Optional[Callable[[Any, Any], Any]] = None, progress: Optional[bool] = None) -> None:
+        if eval_callback is None and forward_pass_callback is not None and callable(dummy_input):
+            # AIMET's Keras signature: QuantAnalyzer(model, forward_pass_callback, eval_callback)
+            dummy_input, forward_pass_callback, eval_callback = None, dummy_input, forward_pass_callback
+        if forward_pass_callback is None or eval_callback is None:
+            raise QAValueError("QuantAnalyzer needs forward_pass_callback and eval_callback")
         self.forward_pass_callback = as_callback(forward_pass_callback, "forward_pass_callback")
         self.eval_callback = as_callback(eval_callback, "eval_callback")
         self.adapter = _make_adapter(model, dummy_input, modules_to_ignore)
@@ -322,7 +333,8 @@ class QuantAnalyzer:
     def analyze(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                 default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
-                percentile: float = 99.99, rounding: str = "half_even") -> AnalysisResult:
+                percentile: float = 99.99, rounding: str = "half_even",
+                rounding_mode: Optional[str] = None) -> AnalysisResult:
         """Run every analysis and write the results (see ARCHITECTURE's result files).
 
         Args:
@@ -333,6 +345,8 @@ class QuantAnalyzer:
             results_dir: where the JSON files go; created if missing.
             percentile: for the percentile scheme.
             rounding: "half_even" (torch, AIMET v2) or "half_away" (AIMET v1).
+            rounding_mode: AIMET Keras's name: "nearest" is round half to even; "stochastic"
+                rounding is not simulated.
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -340,6 +354,11 @@ class QuantAnalyzer:
         if default_output_bw is not None and default_activation_bw is not None and default_output_bw != default_activation_bw:
             raise QAValueError("default_output_bw and default_activation_bw disagree; pass one of them")
         output_bw = default_output_bw if default_output_bw is not None else (default_activation_bw or 8)
+        if rounding_mode is not None:
+            if str(rounding_mode).lower() != "nearest":
+                raise QAValueError(f"rounding_mode {rounding_mode!r} is not supported; use 'nearest' "
+                                   f"(or rounding='half_even' / 'half_away')")
+            rounding = "half_even"
         results = ResultsDir(results_dir)  # an unwritable folder fails here, before any work
         scheme = QuantScheme.parse(quant_scheme)
         result = AnalysisResult(results.root, scheme.value, int(default_param_bw), int(output_bw))
