@@ -14,8 +14,7 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")
 
 import qa  # noqa: E402
-from qa import kernels  # noqa: E402
-from qa.report import sanitize  # noqa: E402
+from result_files import expected_files  # noqa: E402
 
 L = keras.layers
 
@@ -104,16 +103,8 @@ def test_analyze_end_to_end_writes_every_file(tmp_path):
     names = [layer["name"] for layer in result.layers]
     assert names == ["conv1", "relu1", "dw", "act2", "pool", "flat", "drop", "fc1", "fc2"]
     assert sorted(result.folded_batch_norms) == [("bn1", "conv1"), ("bn2", "dw"), ("bn3", "fc1")]
-    files = {"per_layer_quant_enabled.json", "per_layer_quant_disabled.json", "min_max_ranges/weights.json",
-             "min_max_ranges/activations.json", "per_layer_mse_loss.json", "summary.json"}
-    for layer in result.layers:
-        for q in layer["quantizers"]:
-            if q.endswith(("_weight", "_bias")):
-                files.add(f"weights_pdf/{sanitize(layer['name'])}/{q[len(layer['name']) + 1:]}.json")
-            else:
-                files.add(f"activations_pdf/{sanitize(q)}.json")
-    for f in files:
-        assert (tmp_path / f).is_file(), f
+    for path in expected_files(result):
+        assert path.is_file(), path
     assert any(str(p).endswith(".html") for p in result.files)
     summary = read_json(tmp_path / "summary.json")
     assert summary["status"] == "complete"

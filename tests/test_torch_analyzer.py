@@ -21,8 +21,8 @@ from torch import nn  # noqa: E402
 
 import qa  # noqa: E402
 from qa import kernels  # noqa: E402
-from qa.report import sanitize  # noqa: E402
 
+from result_files import expected_files  # noqa: E402
 import torch_models as tm  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -477,19 +477,6 @@ END_TO_END = {
     "keyword_inputs": (tm.KeywordInputs, lambda: batches_like(
         lambda g: {"image": torch.randn(4, 6, generator=g), "mask": torch.randn(4, 4, generator=g)}, 3), {}),
 }
-
-
-def expected_files(result):
-    root = result.results_dir
-    files = {"per_layer_quant_enabled.json", "per_layer_quant_disabled.json", "min_max_ranges/weights.json",
-             "min_max_ranges/activations.json", "per_layer_mse_loss.json", "summary.json"}
-    for layer in result.layers:
-        for q in layer["quantizers"]:
-            if q.endswith(("_weight", "_bias")):
-                files.add(f"weights_pdf/{sanitize(layer['name'])}/{q[len(layer['name']) + 1:]}.json")
-            else:
-                files.add(f"activations_pdf/{sanitize(q)}.json")
-    return {root / f for f in files}
 
 
 @pytest.mark.parametrize("case", list(END_TO_END))
