@@ -93,6 +93,8 @@ def _demo(args: argparse.Namespace) -> int:
         extra = f", output SQNR {r.per_layer_sqnr_db[name]:.1f} dB" if mse is not None else ""
         print(f"  {name:<24} {r.per_layer_quant_enabled[name]:6.2f} % / {r.per_layer_quant_disabled[name]:6.2f} %{extra}")
     print(f"results ({len(r.files)} files) in {r.results_dir}  [{time.perf_counter() - t0:.1f} s]")
+    if (r.results_dir / "index.html").is_file():
+        print(f"open {r.results_dir / 'index.html'} in a browser (works offline)")
     return 0
 
 
