@@ -861,13 +861,17 @@ class OnnxAdapter(AdapterBase):
         producer_layer: Dict[str, str] = {}
         index = {n.name: i for i, n in enumerate(nodes)}
 
+        def fresh(name: str) -> str:
+            """A tensor name no other tensor of the graph uses (suffixed with _ until free)."""
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            return name
+
         def param(layer: Layer, pname: str, node: onnx.NodeProto, slot: int, values: np.ndarray,
                   axis: Optional[int]) -> None:
             qname = f"{layer.name}_{pname}"
-            graph_input = f"{_PREFIX}{qname}"
-            while graph_input in taken:
-                graph_input += "_"
-            taken.add(graph_input)
+            graph_input = fresh(f"{_PREFIX}{qname}")
             values = np.ascontiguousarray(values)
             node.input[slot] = graph_input
             elem = helper.np_dtype_to_tensor_dtype(values.dtype)
@@ -876,13 +880,7 @@ class OnnxAdapter(AdapterBase):
                                               shape=tuple(values.shape), axis=axis))
 
         def point(qname: str, src: str, dst: str, elem: int, node: str, slot: int, is_input: bool) -> None:
-            names = []
-            for suffix in ("inv", "scale", "lo", "hi", "on"):
-                n = f"{_PREFIX}{qname}::{suffix}"
-                while n in taken:
-                    n += "_"
-                taken.add(n)
-                names.append(n)
+            names = [fresh(f"{_PREFIX}{qname}::{suffix}") for suffix in ("inv", "scale", "lo", "hi", "on")]
             prep.points.append(_Point(qname, src, dst, elem, tuple(names), node, slot, is_input))  # type: ignore[arg-type]
 
         for node in nodes:
@@ -918,10 +916,7 @@ class OnnxAdapter(AdapterBase):
             for slot, name in enumerate(node.input):
                 if name in input_names and is_float(name):
                     qname = f"{node.name}_input_{slot}"
-                    dst = f"{_PREFIX}{qname}"
-                    while dst in taken:
-                        dst += "_"
-                    taken.add(dst)
+                    dst = fresh(f"{_PREFIX}{qname}")
                     node.input[slot] = dst
                     layer.quantizers.append(Quantizer(name=qname, layer=layer.name, kind=INPUT, index=slot))
                     point(qname, name, dst, types[name], node.name, slot, True)
@@ -933,10 +928,7 @@ class OnnxAdapter(AdapterBase):
                 if not is_float(out) or node.op_type in NO_OUTPUT_QUANTIZER:
                     continue
                 qname = f"{node.name}_output_{i}"
-                raw = f"{_PREFIX}{qname}::raw"
-                while raw in taken:
-                    raw += "_"
-                taken.add(raw)
+                raw = fresh(f"{_PREFIX}{qname}::raw")
                 out_node.output[i] = raw
                 layer.quantizers.append(Quantizer(name=qname, layer=layer.name, kind=OUTPUT, index=i))
                 point(qname, raw, out, types[out], out_node.name, i, False)
