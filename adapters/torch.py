@@ -465,9 +465,6 @@ class TorchAdapter(AdapterBase):
         with torch.no_grad():
             return self._run(inputs)
 
-    def no_grad(self):
-        return torch.no_grad()
-
     def close(self) -> None:
         for h in self._handles:
             h.remove()

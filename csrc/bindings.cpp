@@ -154,8 +154,7 @@ PYBIND11_MODULE(_core, m) {
             if (a[c] <= b[c] && (!(wp[c] > 0) || !std::isfinite(a[c]) || !std::isfinite(b[c])))
               throw py::value_error("histogram_grow needs width > 0 and finite ranges");
           py::gil_scoped_release release;
-          for (py::ssize_t c = 0; c < channels; ++c)
-            if (a[c] <= b[c]) qa::histogram_grow(cp + c * nbins, nbins, lp + c, wp + c, a[c], b[c]);
+          qa::histogram_grow_per_channel(cp, channels, nbins, lp, wp, a, b);
         });
 
   m.def("tf_enhanced_search",
@@ -185,13 +184,8 @@ PYBIND11_MODULE(_core, m) {
           double *mnp = mn.mutable_data(), *mxp = mx.mutable_data(), *cop = cost.mutable_data();
           {
             py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1)
-            for (py::ssize_t c = 0; c < channels; ++c) {
-              auto r = qa::tf_enhanced_search(cp + c * nbins, nbins, lp[c], wp[c], a[c], b[c], steps, mode, gamma);
-              mnp[c] = r.min;
-              mxp[c] = r.max;
-              cop[c] = r.cost;
-            }
+            qa::tf_enhanced_search_per_channel(cp, channels, nbins, lp, wp, a, b, steps, mode, gamma,
+                                               mnp, mxp, cop);
           }
           return py::make_tuple(mn, mx, cost);
         });

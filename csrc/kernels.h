@@ -49,6 +49,11 @@ void histogram_add_per_channel(const float* x, int64_t outer, int64_t channels, 
 double histogram_grow(int64_t* counts, int64_t nbins, double* lo, double* width,
                       double need_lo, double need_hi);
 
+// The same for every channel c (counts[c * nbins ...], lo[c], width[c]); channels whose
+// need_lo > need_hi (no data in this batch) are left alone.
+void histogram_grow_per_channel(int64_t* counts, int64_t channels, int64_t nbins, double* lo,
+                                double* width, const double* need_lo, const double* need_hi);
+
 // ---- encodings ------------------------------------------------------------------------
 struct SearchResult {
   double min, max, cost;
@@ -59,6 +64,11 @@ struct SearchResult {
 SearchResult tf_enhanced_search(const int64_t* counts, int64_t nbins, double lo, double width,
                                 double obs_min, double obs_max, double num_steps,
                                 int offset_mode, double gamma);
+// One search per channel (in parallel), results written to min[c], max[c], cost[c].
+void tf_enhanced_search_per_channel(const int64_t* counts, int64_t channels, int64_t nbins,
+                                    const double* lo, const double* width, const double* obs_min,
+                                    const double* obs_max, double num_steps, int offset_mode,
+                                    double gamma, double* min, double* max, double* cost);
 // Value at quantile q in [0, 1] of the histogram, interpolating linearly inside a bin.
 double histogram_quantile(const int64_t* counts, int64_t nbins, double lo, double width,
                           double q);

@@ -109,6 +109,11 @@ class AnalysisResult:
         return data
 
 
+def _results_dir(path: Any) -> ResultsDir:
+    """The public methods take a folder path (as AIMET's) or the ResultsDir analyze already made."""
+    return path if isinstance(path, ResultsDir) else ResultsDir(path)
+
+
 def _model_inputs(batch: Any) -> Any:
     """AIMET's data convention: a batch is the inputs, or (inputs, label) when a tuple/list."""
     if isinstance(batch, (tuple, list)):
@@ -231,15 +236,15 @@ class QuantAnalyzer:
 
     def perform_per_layer_analysis_by_enabling_quant_wrappers(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
         """Score with only one layer's quantizers on, for every layer."""
-        return self._sweep(sim, ResultsDir(results_dir) if not isinstance(results_dir, ResultsDir) else results_dir, True)
+        return self._sweep(sim, _results_dir(results_dir), True)
 
     def perform_per_layer_analysis_by_disabling_quant_wrappers(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
         """Score with every quantizer on except one layer's, for every layer."""
-        return self._sweep(sim, ResultsDir(results_dir) if not isinstance(results_dir, ResultsDir) else results_dir, False)
+        return self._sweep(sim, _results_dir(results_dir), False)
 
     def export_per_layer_encoding_min_max_range(self, sim: QuantSim, results_dir: Any) -> Tuple[Dict, Dict]:
         """Encoding min/max of every parameter and activation quantizer (per channel where on)."""
-        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        results = _results_dir(results_dir)
         weights: Dict[str, Any] = {}
         activations: Dict[str, Any] = {}
         for name, q in sim.quantizers.items():
@@ -259,7 +264,7 @@ class QuantAnalyzer:
 
     def export_per_layer_stats_histogram(self, sim: QuantSim, results_dir: Any) -> Dict[str, Any]:
         """The histogram each quantizer saw with its encoding (tf_enhanced/percentile only)."""
-        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        results = _results_dir(results_dir)
         records: Dict[str, Any] = {}
         for name, q in sim.quantizers.items():
             stats = sim.stats.get(name)
@@ -278,7 +283,7 @@ class QuantAnalyzer:
         forward pass per batch for all layers at once."""
         if self._mse_data is None:
             raise QAError("call enable_per_layer_mse_loss(data, num_batches) first")
-        results = results_dir if isinstance(results_dir, ResultsDir) else ResultsDir(results_dir)
+        results = _results_dir(results_dir)
         stats: Dict[str, ErrorStats] = {}
         reference: Dict[Tuple[str, int, int], Any] = {}
         seen: Dict[Tuple[str, int], int] = {}
@@ -295,7 +300,7 @@ class QuantAnalyzer:
 
         def forward(batch: Any) -> None:
             if self.forward_fn is not None:
-                call_user(CallbackFunc(lambda m, b: self.forward_fn(m, b), batch), sim.model, "forward_fn")
+                call_user(CallbackFunc(self.forward_fn, batch), sim.model, "forward_fn")
             else:
                 try:
                     sim.adapter.run(_model_inputs(batch))

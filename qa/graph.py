@@ -71,10 +71,6 @@ class Layer:
     def params(self) -> List[Quantizer]:
         return [q for q in self.quantizers if q.kind == PARAM]
 
-    @property
-    def activations(self) -> List[Quantizer]:
-        return [q for q in self.quantizers if q.kind != PARAM]
-
 
 @dataclass
 class QuantGraph:
@@ -98,6 +94,3 @@ class QuantGraph:
     def quantizers(self) -> Iterator[Quantizer]:
         for layer in self.layers:
             yield from layer.quantizers
-
-    def consumers(self, name: str) -> List[Layer]:
-        return [layer for layer in self.layers if name in layer.inputs]

@@ -98,7 +98,7 @@ def fake_quantize(
 
     if out is None:
         # A converted input is a private copy already: quantize it in place.
-        dst = src if src is not arr and not np.shares_memory(src, arr) else _memory.empty(src.shape)
+        dst = src if src is not arr and not np.may_share_memory(src, arr) else _memory.empty(src.shape)
     else:
         if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise QAValueError(f"{where(name)}out must be a C-contiguous float32 numpy array")

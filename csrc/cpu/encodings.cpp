@@ -1,4 +1,5 @@
 // Encoding search over histograms: TF-Enhanced (SQNR grid search) and quantiles for percentile.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -80,6 +81,20 @@ SearchResult tf_enhanced_search(const int64_t* counts, int64_t nbins, double lo,
     for (int k = 1; k <= 101; ++k) consider(k / 100.0 * delta_max, offset);
   }
   return best;
+}
+
+void tf_enhanced_search_per_channel(const int64_t* counts, int64_t channels, int64_t nbins,
+                                    const double* lo, const double* width, const double* obs_min,
+                                    const double* obs_max, double num_steps, int offset_mode,
+                                    double gamma, double* min, double* max, double* cost) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < channels; ++c) {
+    const SearchResult r = tf_enhanced_search(counts + c * nbins, nbins, lo[c], width[c], obs_min[c],
+                                              obs_max[c], num_steps, offset_mode, gamma);
+    min[c] = r.min;
+    max[c] = r.max;
+    cost[c] = r.cost;
+  }
 }
 
 double histogram_quantile(const int64_t* counts, int64_t nbins, double lo, double width,

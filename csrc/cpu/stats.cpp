@@ -252,4 +252,11 @@ double histogram_grow(int64_t* counts, int64_t nbins, double* lo, double* width,
   return k;
 }
 
+void histogram_grow_per_channel(int64_t* counts, int64_t channels, int64_t nbins, double* lo,
+                                double* width, const double* need_lo, const double* need_hi) {
+  for (int64_t c = 0; c < channels; ++c)
+    if (need_lo[c] <= need_hi[c])
+      histogram_grow(counts + c * nbins, nbins, lo + c, width + c, need_lo[c], need_hi[c]);
+}
+
 }  // namespace qa
