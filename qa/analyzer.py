@@ -45,7 +45,7 @@ def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
         try:
             from .adapters.onnx import OnnxAdapter
         except ImportError as e:
-            raise ImportError(f"analysing ONNX models needs onnx and onnxruntime ({e}); "
+            raise QAError(f"analysing ONNX models needs onnx and onnxruntime ({e}); "
                               f"pip install 'qa-quant[onnx]'") from e
         return OnnxAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
     raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: qa analyses "
