@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from ..errors import QAValueError
-from ._base import AdapterBase
+from . import register
+from ._base import FLOAT, ActiveSet, Adapter
+from ..folding import fold_batch_norm
 from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 
-__all__ = ["TorchAdapter", "fold_batch_norms", "is_model"]
+__all__ = ["TorchAdapter", "fold_batch_norms"]
 
 log = logging.getLogger("qa.adapters.torch")
 
@@ -62,11 +64,6 @@ _SHAPE_ONLY = {
 _ARITHMETIC = {"add", "sub", "mul", "truediv", "floordiv", "matmul", "pow", "mod", "and", "or", "xor"}
 
 
-def is_model(model: Any) -> bool:
-    """True for a torch.nn.Module (the adapter registry asks this first)."""
-    return isinstance(model, nn.Module)
-
-
 def op_type_of(module: nn.Module) -> str:
     for classes, op in _OP_TYPES:
         if isinstance(module, classes):
@@ -91,20 +88,17 @@ def _foldable_into(module: nn.Module) -> bool:
     return isinstance(module, _CONV + (nn.Linear,))
 
 
-def _fold(layer: nn.Module, bn: nn.Module) -> None:
-    """W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), per output channel."""
+def _fold(layer: nn.Module, bn: nn.Module, name: str) -> None:
+    """Fold ``bn`` into ``layer``'s weight and bias (:func:`qa.folding.fold_batch_norm`)."""
+    def np64(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+        return None if t is None else t.detach().double().cpu().numpy()
+
     with torch.no_grad():
-        var, mean = bn.running_var.double(), bn.running_mean.double()
-        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
-        s = gamma / torch.sqrt(var + bn.eps)
-        w = layer.weight.double()
-        axis = 1 if isinstance(layer, _CONV_T) else 0
-        shape = [1] * w.dim()
-        shape[axis] = -1
-        layer.weight.copy_((w * s.reshape(shape)).to(layer.weight.dtype))
-        bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(mean)
-        new_bias = ((bias - mean) * s + beta).to(layer.weight.dtype)
+        w, b = fold_batch_norm(layer.weight.detach().cpu().numpy(), np64(layer.bias), mean=np64(bn.running_mean),
+                               var=np64(bn.running_var), gamma=np64(bn.weight), beta=np64(bn.bias), eps=bn.eps,
+                               axis=1 if isinstance(layer, _CONV_T) else 0, name=name)
+        layer.weight.copy_(torch.from_numpy(w))
+        new_bias = torch.from_numpy(b).to(device=layer.weight.device)
         if layer.bias is None:
             layer.bias = nn.Parameter(new_bias)
         else:
@@ -119,7 +113,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def fold_batch_norms(model: nn.Module, pairs: Sequence[Tuple[str, str]]) -> None:
     """Fold each (layer, batch norm) pair in place and replace the batch norm by Identity."""
     for layer_name, bn_name in pairs:
-        _fold(model.get_submodule(layer_name), model.get_submodule(bn_name))
+        _fold(model.get_submodule(layer_name), model.get_submodule(bn_name), layer_name)
         _set_submodule(model, bn_name, nn.Identity())
 
 
@@ -265,6 +259,10 @@ def _to_numpy(t: torch.Tensor) -> Any:
     return t.float().contiguous().numpy()
 
 
+def _is_float(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point()
+
+
 def _from_result(result: Any, like: torch.Tensor) -> torch.Tensor:
     if isinstance(result, np.ndarray):
         out = torch.from_numpy(result)
@@ -273,7 +271,8 @@ def _from_result(result: Any, like: torch.Tensor) -> torch.Tensor:
     return out.to(like.dtype) if out.dtype != like.dtype else out
 
 
-class TorchAdapter(AdapterBase):
+@register
+class TorchAdapter(Adapter):
     """Exposes a torch model to qa's engine: layers, quantizers, and runs with any quantizers on.
 
     Example:
@@ -285,12 +284,14 @@ class TorchAdapter(AdapterBase):
     """
 
     framework = "torch"
+    priority = 20  # after Keras: a Keras model on the torch backend is an nn.Module too
     # How to get an operation that runs outside layers quantized in this framework.
     unquantized_hint = "wrap them in modules (e.g. an nn.Module doing the add) to quantize them"
 
     def __init__(self, model: nn.Module, dummy_input: Any, *, modules_to_ignore: Optional[Iterable[Any]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise QAValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        super().__init__()
         ignored = self._ignored_names(model, modules_to_ignore)
         # Everything below touches only this copy. It runs in eval mode: batch norms are folded
         # with their running statistics, and a deployed model does not train.
@@ -310,18 +311,19 @@ class TorchAdapter(AdapterBase):
         self._leaves = leaves
         self.graph = self._build_graph(trace, leaves, ignored, model_inputs)
         self.graph.folded_batch_norms = [(bn, c) for c, bn in pairs]
-        self._active: Set[str] = set()
-        self._quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
-        self._weights: Dict[str, Tuple[nn.Parameter, torch.Tensor, Optional[torch.Tensor]]] = {}
+        # parameter quantizer -> (its definition, the parameter, the float values)
+        self._params: Dict[str, Tuple[Quantizer, nn.Parameter, torch.Tensor]] = {}
         for layer in self.graph.layers:
             module = self._leaves[layer.name]
             for q in layer.params:
                 p = getattr(module, q.param)
-                self._weights[q.name] = (p, p.data, None)
-        self._observers: Optional[Dict[str, Any]] = None
-        self._capture: Optional[Callable[[str, int, Any], None]] = None
-        self._quantize_fn: Optional[Callable[[Quantizer, Any], Any]] = None
+                self._params[q.name] = (q, p, p.data)
         self._handles = self._install_hooks()
+
+    @classmethod
+    def is_model(cls, model: Any) -> bool:
+        """True for a torch.nn.Module."""
+        return isinstance(model, nn.Module)
 
     # -- construction --
 
@@ -400,39 +402,18 @@ class TorchAdapter(AdapterBase):
             handles.append(module.register_forward_hook(self._post_hook(layer.name, outs)))
         return handles
 
-    def _apply(self, q: Quantizer, t: torch.Tensor) -> torch.Tensor:
-        """Observe or fake-quantize one activation tensor, as the current mode says."""
-        if not t.is_floating_point():
-            return t
-        if self._observers is not None:
-            obs = self._observers.get(q.name)
-            if obs is not None:
-                obs.update(_to_numpy(t))
-            return t
-        if q.name in self._active and self._quantize_fn is not None:
-            return _from_result(self._quantize_fn(q, _to_numpy(t)), t)
-        return t
-
     def _pre_hook(self, name: str, quantizers: List[Quantizer]):
         def hook(module, args):
-            if not args or not isinstance(args[0], torch.Tensor):
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
                 return None
-            return (self._apply(quantizers[0], args[0]),) + tuple(args[1:])
+            quantized = self._activation(quantizers[0].name, lambda: _to_numpy(args[0]))
+            return None if quantized is None else (_from_result(quantized, args[0]),) + tuple(args[1:])
         return hook
 
     def _post_hook(self, name: str, quantizers: List[Quantizer]):
         def hook(module, args, output):
             tensors = output if isinstance(output, (tuple, list)) else (output,)
-            result = []
-            k = 0
-            for t in tensors:
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and k < len(quantizers):
-                    t = self._apply(quantizers[k], t)
-                    k += 1
-                result.append(t)
-            if self._capture is not None:
-                for i, t in enumerate(x for x in result if isinstance(x, torch.Tensor) and x.is_floating_point()):
-                    self._capture(name, i, _to_numpy(t))
+            result = self._layer_outputs(name, tensors, quantizers, _is_float, _to_numpy, _from_result)
             if isinstance(output, (tuple, list)):
                 return type(output)(result)
             return result[0]
@@ -442,23 +423,24 @@ class TorchAdapter(AdapterBase):
 
     def weights(self) -> Iterator[Tuple[Quantizer, np.ndarray]]:
         """Each parameter quantizer with its float32 values (the folded ones)."""
-        for name, (param, original, _) in self._weights.items():
-            yield self._quantizers[name], original.detach().float().cpu().numpy()
+        for q, _, original in self._params.values():
+            yield q, original.detach().float().cpu().numpy()
 
-    def set_quantized_weight(self, quantizer: Quantizer, values: np.ndarray) -> None:
-        """Cache the fake-quantized values of a parameter (swapped in when it is active)."""
-        param, original, _ = self._weights[quantizer.name]
+    def prepare_weight(self, quantizer: Quantizer, values: np.ndarray) -> torch.Tensor:
+        """The fake-quantized values as a tensor of the parameter's dtype, device and shape."""
+        _, _, original = self._params[quantizer.name]
         q = torch.from_numpy(np.ascontiguousarray(values)).to(dtype=original.dtype, device=original.device)
-        self._weights[quantizer.name] = (param, original, q.reshape(original.shape))
+        return q.reshape(original.shape)
 
-    def set_active(self, names: Set[str], quantize: Optional[Callable[[Quantizer, Any], Any]],
-                   rounding: str = "half_even") -> None:
-        """Turn on exactly these quantizers; parameters swap to their cached values in O(1).
-        (``rounding`` matters to adapters that build graphs; here ``quantize`` applies it.)"""
-        self._active = set(names)
-        self._quantize_fn = quantize
-        for name, (param, original, quantized) in self._weights.items():
-            param.data = quantized if (name in self._active and quantized is not None) else original
+    def _bind_weight(self, name: str, value: Optional[torch.Tensor]) -> None:
+        _, param, original = self._params[name]
+        param.data = original if value is None else value
+
+    def activate(self, active: ActiveSet) -> None:
+        """Run with exactly these quantizers on: parameters swap their data in O(1); the hooks
+        quantize the activations ``active`` names."""
+        self._active = active
+        self._bind_weights(active.weights, list(self._params))
 
     def run(self, inputs: Any) -> Any:
         """One forward pass of the analysis copy on model inputs, without gradients."""
@@ -469,4 +451,4 @@ class TorchAdapter(AdapterBase):
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.set_active(set(), self._quantize_fn)
+        self.activate(FLOAT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,9 @@ from ._progress import Progress
 from .errors import QACallbackError, QAError, QAValueError
 from .graph import PARAM
 from .observers import ErrorStats, Histogram
+from .adapters import adapter_class
+from .adapters._base import FLOAT
+from .ranking import Impact, culprits, impacts
 from .report import SUMMARY_SCHEMA_VERSION, ResultsDir, histogram_record
 from .sim import CallbackFunc, QuantScheme, QuantSim, as_callback, call_user
 
@@ -24,33 +26,8 @@ log = logging.getLogger("qa")
 
 
 def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
-    """Pick the adapter by the model's type; a framework is considered only if already imported
-    (a path to a .onnx file is the one case that imports one: onnx and onnxruntime)."""
-    import os
-
-    # Keras first: on the torch backend a keras.Model is also a torch.nn.Module.
-    keras = sys.modules.get("keras")
-    if keras is not None and isinstance(model, getattr(keras, "Model", ())):
-        from .adapters.keras import KerasAdapter  # dummy_input may be None: Keras models know their inputs
-
-        return KerasAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        from .adapters.torch import TorchAdapter
-
-        return TorchAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
-    onnx = sys.modules.get("onnx")
-    is_path = isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
-    if is_path or (onnx is not None and isinstance(model, onnx.ModelProto)):
-        try:
-            from .adapters.onnx import OnnxAdapter
-        except ImportError as e:
-            raise QAError(f"analysing ONNX models needs onnx and onnxruntime ({e}); "
-                              f"pip install 'qa-quant[onnx]'") from e
-        return OnnxAdapter(model, dummy_input, modules_to_ignore=modules_to_ignore)
-    raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: qa analyses "
-                       f"torch.nn.Module models, Keras 3 keras.Model models (Functional or Sequential) "
-                       f"and ONNX models (an onnx.ModelProto or the path of a .onnx file)")
+    """The registered adapter that takes this model, wrapped around a private copy of it."""
+    return adapter_class(model)(model, dummy_input, modules_to_ignore=modules_to_ignore)
 
 
 @dataclass
@@ -88,18 +65,14 @@ class AnalysisResult:
 
     def most_sensitive_layers(self, k: int = 3) -> List[str]:
         """Layers whose quantization costs the most: the larger of the loss when only the layer is
-        quantized and the recovery when only it stays in float (the dashboard's ranking)."""
-        from .report._load import impact_order
+        quantized and the recovery when only it stays in float (:mod:`qa.ranking`, the ranking
+        the dashboard and the CLI use, with the same filters)."""
+        return [i.name for i in culprits(self.layer_impacts(), k)]
 
-        def key(item):
-            index, name = item
-            cost = gain = None
-            if self.fp32_score is not None:
-                cost = self.fp32_score - self.per_layer_quant_enabled[name]
-            if self.quantized_score is not None and name in self.per_layer_quant_disabled:
-                gain = self.per_layer_quant_disabled[name] - self.quantized_score
-            return impact_order(cost, gain, index)
-        return [name for _, name in sorted(enumerate(self.per_layer_quant_enabled), key=key)][:k]
+    def layer_impacts(self) -> List[Impact]:
+        """Every swept layer's cost and gain, in execution order."""
+        return impacts(list(self.per_layer_quant_enabled), self.fp32_score, self.quantized_score,
+                       self.per_layer_quant_enabled, self.per_layer_quant_disabled)
 
     def summary(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -406,7 +379,7 @@ class QuantAnalyzer:
             result.status, result.error = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
-            self.adapter.set_active(set(), None)  # leave the analysis copy in float
+            self.adapter.activate(FLOAT)  # leave the analysis copy in float
             result.files = list(results.written)
             self._write_summary(results, result)
         from .report import try_build_html  # HTML from the JSON just written; a failure there is a warning

@@ -45,10 +45,14 @@ the listed integer kernels it is kept, else the first integer kernel's bitwidths
 (AIMET's enforced-kernel rule; op-level kernels apply to that op's activations too, which
 makes per-op low-bit experiments possible). Float kernels are not simulated and are skipped.
 
-Output quantizers are off by default for AIMET's shape-only / data-movement types: Cast,
-Dropout, Expand, Gather, Mean, Pad, Squeeze, exactly AIMET's list so that results match
-AIMET's. Other data-movement ops (Reshape, Flatten, Transpose, Concat, ...) keep their
-output quantizer, as in AIMET; add them to ``op_type`` to turn it off.
+Data movement, one policy for every framework: ops whose output holds (a subset or a
+rearrangement of) the values of their input (:data:`GRID_PRESERVING`: Reshape, Transpose,
+Flatten, Squeeze, Unsqueeze, Identity, Dropout, Expand, Slice, Split, Tile, DepthToSpace,
+SpaceToDepth) get no output quantization: their input is quantized already, so a second
+quantizer could only re-round the same values. This holds under any config; an
+``op_type.<T>.is_output_quantized`` entry for such a type overrides it. :data:`DEFAULT_CONFIG`
+also turns off AIMET's own list (Cast, Dropout, Expand, Gather, Mean, Pad, Squeeze), so that
+results match AIMET's.
 """
 
 from __future__ import annotations
@@ -63,10 +67,13 @@ from ._arrays import check_bitwidth
 from .errors import QAValueError
 from .graph import OUTPUT, PARAM, Layer, QuantGraph
 
-__all__ = ["DEFAULT_CONFIG", "ParamConfig", "OpConfig", "Kernel", "QuantsimConfig", "load_config",
+__all__ = ["DEFAULT_CONFIG", "GRID_PRESERVING", "ParamConfig", "OpConfig", "Kernel", "QuantsimConfig", "load_config",
            "apply_config"]
 
 _NO_OUTPUT_QUANTIZER = ("Cast", "Dropout", "Expand", "Gather", "Mean", "Pad", "Squeeze")
+GRID_PRESERVING = frozenset({
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Slice", "Split",
+    "Tile", "DepthToSpace", "SpaceToDepth"})
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "defaults": {
@@ -396,7 +403,8 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
             q.bitwidth, q.per_channel = act_bw, False
             q.symmetric = _first(op.is_symmetric, defaults.is_symmetric, False)
             if q.kind == OUTPUT:
-                q.enabled = _first(op.is_output_quantized, defaults.is_output_quantized, True)
+                moves_data = False if layer.op_type in GRID_PRESERVING else None
+                q.enabled = _first(op.is_output_quantized, moves_data, defaults.is_output_quantized, True)
             else:
                 q.enabled = _first(op.is_input_quantized, defaults.is_input_quantized, False)
                 if layer.model_input and config.model_input is not None:

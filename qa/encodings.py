@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from . import _core
+from ._fake_quant import fake_quantize
 from ._arrays import check_bitwidth, num_steps, where
 from .errors import QAValueError
 
@@ -54,8 +55,6 @@ class Encoding:
 
     def fake_quantize(self, x: Any, out: Optional[np.ndarray] = None, **kwargs: Any) -> np.ndarray:
         """Fake-quantize x with this encoding (see qa.kernels.fake_quantize)."""
-        from .kernels import fake_quantize
-
         return fake_quantize(
             x, self.scale, self.offset, self.bitwidth, axis=self.axis, out=out,
             strict=self.strict, **kwargs,

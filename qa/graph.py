@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -94,3 +95,7 @@ class QuantGraph:
     def quantizers(self) -> Iterator[Quantizer]:
         for layer in self.layers:
             yield from layer.quantizers
+
+    def copy(self) -> "QuantGraph":
+        """An independent copy: a simulation sets its own quantizer settings and encodings on it."""
+        return copy.deepcopy(self)

@@ -6,7 +6,7 @@ import enum
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, Iterable, List, Set, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Set, Union
 
 from ._arrays import check_bitwidth
 from .config import apply_config, load_config
@@ -14,6 +14,7 @@ from .encodings import Encoding, compute_encoding
 from .errors import QACallbackError, QAError, QAValueError
 from .graph import PARAM, QuantGraph, Quantizer
 from .observers import Histogram, RunningMinMax
+from .adapters._base import ActiveSet
 
 __all__ = ["QuantScheme", "CallbackFunc", "QuantSim"]
 
@@ -111,28 +112,34 @@ def as_score(value: Any, what: str) -> float:
 
 
 class QuantSim:
-    """A calibrated simulation of one model under one quantization setting.
+    """A calibrated simulation of one model under one quantization setting; it owns its state.
 
-    Built by ``QuantAnalyzer.create_quantsim``; every analysis reuses its encodings and its
-    cached fake-quantized weights, and switches quantizers on and off without recomputing.
+    Built by ``QuantAnalyzer.create_quantsim``. The simulation holds its own copy of the
+    quantizer graph (settings from the config, encodings), the fake-quantized weights and the
+    activation quantizers, each prepared once in the adapter's own form. Switching quantizers
+    hands the adapter an :class:`~qa.adapters._base.ActiveSet`; the adapter only executes it, so
+    several simulations of one analyzer never interfere.
     """
 
     def __init__(self, adapter: Any, *, quant_scheme: Union[QuantScheme, str], default_param_bw: int,
                  default_output_bw: int, config_file: Any = None, percentile: float = 99.99,
                  rounding: str = "half_even", bins: int = 2048) -> None:
         self.adapter = adapter
-        self.graph: QuantGraph = adapter.graph
         self.scheme = QuantScheme.parse(quant_scheme)
         self.param_bw = check_bitwidth(default_param_bw, "default_param_bw")
         self.output_bw = check_bitwidth(default_output_bw, "default_output_bw")
         self.percentile = percentile
-        self.rounding = rounding
+        self.rounding = _rounding(rounding)
         self.bins = bins
         self.config = load_config(config_file)
+        self.graph: QuantGraph = adapter.graph.copy()  # this simulation's settings and encodings
         apply_config(self.graph, self.config, param_bw=self.param_bw, output_bw=self.output_bw)
         self.quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
         self.stats: Dict[str, Any] = {}  # quantizer name -> the observer that saw its data
         self.unused: List[str] = []  # activation quantizers that saw no data during calibration
+        self._prepared: Dict[str, Any] = {}  # quantizer name -> its quantized form, in the adapter's terms
+        self._chain: FrozenSet[str] = frozenset()
+        self._active: Set[str] = set()
         self.calibrated = False
 
     # -- calibration --
@@ -149,14 +156,16 @@ class QuantSim:
 
     def compute_encodings(self, forward_pass_callback: CallbackFunc) -> None:
         """Observe weights directly and activations during one run of the calibration callback."""
-        for q, values in self.adapter.weights():
+        for definition, values in self.adapter.weights():
+            q = self.quantizers[definition.name]
             if not q.enabled:
                 continue
             obs = self._observer(q)
             obs.update(values)
             q.encoding = self._encode(q, obs)
             self.stats[q.name] = obs
-            self.adapter.set_quantized_weight(q, q.encoding.fake_quantize(values, rounding=self.rounding))
+            quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
+            self._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
         observers = {q.name: self._observer(q) for q in self.quantizers.values() if q.enabled and not q.is_param}
         with self.adapter.observing(observers):
             call_user(forward_pass_callback, self.adapter.model, "forward_pass_callback (calibration)")
@@ -168,9 +177,11 @@ class QuantSim:
                 continue
             q.encoding = self._encode(q, obs)
             self.stats[name] = obs
+            self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
         if self.unused:
             log.warning("%d activation quantizer(s) saw no data during calibration and stay off: %s",
                         len(self.unused), ", ".join(self.unused[:10]))
+        self._chain = frozenset(n for n in self.enabled if not self.quantizers[n].is_param)
         self.calibrated = True
 
     # -- toggling and running --
@@ -180,14 +191,23 @@ class QuantSim:
         """Quantizers the config turns on that have an encoding."""
         return {n for n, q in self.quantizers.items() if q.enabled and q.encoding is not None}
 
-    def _quantize(self, q: Quantizer, x: Any) -> Any:
-        return q.encoding.fake_quantize(x, rounding=self.rounding)
-
     def set_active(self, names: Iterable[str]) -> None:
         """Turn on exactly these quantizers (those the config left off stay off)."""
         if not self.calibrated:
             raise QAError("compute_encodings must run before quantizers can be switched on")
-        self.adapter.set_active(set(names) & self.enabled, self._quantize, rounding=self.rounding)
+        self._active = set(names) & self.enabled
+        self.activate()
+
+    def activate(self) -> None:
+        """Hand the adapter this simulation's current setting (after another simulation ran)."""
+        weights = {n: self._prepared[n] for n in self._active if self.quantizers[n].is_param}
+        activations = {n: self._prepared[n] for n in self._active if not self.quantizers[n].is_param}
+        self.adapter.activate(ActiveSet(weights, activations, self._chain, self.rounding))
+
+    @property
+    def active(self) -> Set[str]:
+        """The quantizers on now."""
+        return set(self._active)
 
     def layer_quantizers(self, layer: str) -> Set[str]:
         return {q.name for q in self.graph[layer].quantizers} & self.enabled
@@ -204,8 +224,18 @@ class QuantSim:
         return self.adapter.model
 
     def evaluate(self, eval_callback: CallbackFunc, what: str) -> float:
+        """Run ``eval_callback`` under this simulation's setting (re-handed to the adapter first)."""
+        self.activate()
         return as_score(call_user(eval_callback, self.adapter.model, what), what)
 
     def encodings(self) -> Dict[str, Dict[str, Any]]:
         """AIMET-style encodings of every quantizer that has one."""
         return {n: q.encoding.to_dict() for n, q in self.quantizers.items() if q.encoding is not None}
+
+
+def _rounding(value: str) -> str:
+    if value in ("half_away", "half_away_from_zero"):
+        return "half_away"
+    if value == "half_even":
+        return value
+    raise QAValueError(f"rounding must be 'half_even' or 'half_away', got {value!r}")

@@ -35,7 +35,7 @@ def make_torch(x):
     from qa.adapters.torch import TorchAdapter
 
     net = _torch_net()
-    return TorchAdapter(net, torch.from_numpy(x[:1])), torch.from_numpy(x), lambda: _output(net(torch.from_numpy(x)))
+    return TorchAdapter(net, torch.from_numpy(x[:1])), torch.from_numpy(x), lambda: _output(net(torch.from_numpy(x))), net
 
 
 def make_onnx(x):
@@ -50,7 +50,7 @@ def make_onnx(x):
                       dynamic_axes={"input": {0: "batch"}}, do_constant_folding=False)
     proto = onnx.load_from_string(buf.getvalue())
     plain = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    return OnnxAdapter(proto, {"input": x[:1]}), {"input": x}, lambda: _output(plain.run(None, {"input": x}))
+    return OnnxAdapter(proto, {"input": x[:1]}), {"input": x}, lambda: _output(plain.run(None, {"input": x})), proto
 
 
 def make_keras(x):
@@ -66,7 +66,7 @@ def make_keras(x):
     y = L.Flatten(name="flat")(y)
     model = keras.Model(inp, L.Dense(3, name="fc")(y))
     xk = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    return KerasAdapter(model, None), xk, lambda: _output(model(xk))
+    return KerasAdapter(model, None), xk, lambda: _output(model(xk)), model
 
 
 ADAPTERS = {"torch": make_torch, "onnx": make_onnx, "keras": make_keras}
@@ -75,15 +75,28 @@ ADAPTERS = {"torch": make_torch, "onnx": make_onnx, "keras": make_keras}
 @pytest.fixture(params=sorted(ADAPTERS))
 def setup(request):
     x = np.random.default_rng(0).standard_normal((6, 2, 5, 5)).astype(np.float32)
-    adapter, inputs, reference = ADAPTERS[request.param](x)
+    adapter, inputs, reference, original = ADAPTERS[request.param](x)
+    adapter.test_original = original  # what the registry must recognise
     yield adapter, inputs, reference
     adapter.close()
 
 
-def _quantize(q, x):
+def _coarse(x):
     from qa import kernels
 
-    return kernels.fake_quantize(x, 0.25, -8, 4)  # coarse on purpose: any change must show
+    return kernels.fake_quantize(x, 1 / 32, -64, 7)  # coarse on purpose: any change must show
+
+
+def _everything_on(adapter):
+    """An ActiveSet with every quantizer on, prepared the way QuantSim prepares them."""
+    from qa import kernels
+    from qa.adapters._base import ActiveSet
+
+    enc = kernels.Encoding(-2.0, 1.75, 0.25, -8, 4)
+    weights = {q.name: adapter.prepare_weight(q, _coarse(w)) for q, w in adapter.weights()}
+    acts = {q.name: adapter.prepare_activation(q, enc, "half_even")
+            for q in adapter.graph.quantizers() if not q.is_param}
+    return ActiveSet(weights, acts, chain=frozenset(acts))
 
 
 def test_graph_names_quantizers_once_and_folds_the_batch_norm(setup):
@@ -95,13 +108,27 @@ def test_graph_names_quantizers_once_and_folds_the_batch_norm(setup):
     assert adapter.framework in ("torch", "onnx", "keras") and isinstance(adapter.unquantized_hint, str)
 
 
+def test_implements_the_contract_and_is_found_by_the_registry(setup):
+    from qa.adapters import adapter_class
+    from qa.adapters._base import Adapter
+
+    adapter, _, _ = setup
+    assert isinstance(adapter, Adapter)
+    assert adapter_class(adapter.test_original) is type(adapter)
+    assert not type(adapter).is_model(object())
+
+
 def test_float_run_equals_the_original_model(setup):
+    from qa.adapters._base import FLOAT
+
     adapter, inputs, reference = setup
-    adapter.set_active(set(), None)
+    adapter.activate(FLOAT)
     np.testing.assert_allclose(_output(adapter.run(inputs)), reference(), rtol=1e-4, atol=1e-5)
 
 
 def test_weights_observing_capturing_and_switching(setup):
+    from qa.adapters._base import FLOAT
+
     adapter, inputs, reference = setup
     weights = list(adapter.weights())
     assert weights and all(w.dtype == np.float32 and tuple(w.shape) == tuple(q.shape) for q, w in weights)
@@ -127,15 +154,28 @@ def test_weights_observing_capturing_and_switching(setup):
     with_outputs = {q.layer for q in activations if q.kind == "output"}
     assert with_outputs <= set(captured) <= {layer.name for layer in adapter.graph.layers}
 
-    for q, w in weights:
-        adapter.set_quantized_weight(q, _quantize(q, w))
-    everything = set(q.name for q in adapter.graph.quantizers())
-    for q in activations:
-        from qa import kernels  # encodings the quantize callable may consult (the ONNX graph does)
-        q.encoding = kernels.Encoding(-2.0, 1.75, 0.25, -8, 4)
-    adapter.set_active(everything, _quantize)
+    on = _everything_on(adapter)
+    adapter.activate(on)
+    assert adapter.active is on
     quantized = _output(adapter.run(inputs))
-    adapter.set_active(set(), _quantize)
+    adapter.activate(FLOAT)
     fp32 = _output(adapter.run(inputs))
     assert not np.allclose(quantized, fp32, atol=1e-3), "switching quantizers on changed nothing"
     np.testing.assert_allclose(fp32, reference(), rtol=1e-4, atol=1e-5)  # and off again restores FP32
+    adapter.activate(on)
+    np.testing.assert_array_equal(_output(adapter.run(inputs)), quantized)  # and on again is the same
+
+
+def test_weights_only_and_activations_only_differ_from_both_ends(setup):
+    from qa.adapters._base import ActiveSet, FLOAT
+
+    adapter, inputs, _ = setup
+    on = _everything_on(adapter)
+    runs = {}
+    for label, active in {"fp32": FLOAT, "all": on,
+                          "weights": ActiveSet(on.weights, {}, on.chain),
+                          "acts": ActiveSet({}, on.activations, on.chain)}.items():
+        adapter.activate(active)
+        runs[label] = _output(adapter.run(inputs))
+    for part in ("weights", "acts"):
+        assert not np.array_equal(runs[part], runs["fp32"]) and not np.array_equal(runs[part], runs["all"]), part

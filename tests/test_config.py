@@ -131,9 +131,21 @@ def test_shape_only_ops_have_no_output_quantizer_by_default(op_type):
     assert not q(applied([make_layer("x", op_type)]), "x_output_0").enabled
 
 
-@pytest.mark.parametrize("op_type", ["Reshape", "Flatten", "Transpose", "MaxPool", "Softmax", "Gelu"])
-def test_other_ops_keep_their_output_quantizer_as_in_aimet(op_type):
+@pytest.mark.parametrize("op_type", ["Reshape", "Flatten", "Transpose", "Unsqueeze", "Identity", "Slice", "Split",
+                                     "Tile", "DepthToSpace", "SpaceToDepth"])
+def test_data_movement_has_no_output_quantizer_under_any_config(op_type):
+    """One policy for every framework: ops that only move values keep their input's grid."""
+    assert not q(applied([make_layer("x", op_type)]), "x_output_0").enabled
+    assert not q(applied([make_layer("x", op_type)], cfg()), "x_output_0").enabled  # a config that says nothing
+    forced = cfg(op_type={op_type: {"is_output_quantized": "True"}})
+    assert q(applied([make_layer("x", op_type)], forced), "x_output_0").enabled  # but a config can ask for it
+
+
+@pytest.mark.parametrize("op_type", ["MaxPool", "Softmax", "Gelu", "Concat", "Add"])
+def test_computing_ops_keep_their_output_quantizer(op_type):
     assert q(applied([make_layer("x", op_type)]), "x_output_0").enabled
+    assert not q(applied([make_layer("x", op_type)], cfg(op_type={op_type: {"is_output_quantized": False}})),
+                 "x_output_0").enabled
 
 
 def test_defaults_keys():
