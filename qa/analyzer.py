@@ -146,7 +146,7 @@ class QuantAnalyzer:
             warnings.warn(
                 "these operations run outside quantizable layers and stay in float: "
                 + ", ".join(self.adapter.graph.unquantized_ops)
-                + f" ({getattr(self.adapter, 'unquantized_hint', 'they are reported in the result')})", stacklevel=2)
+                + f" ({self.adapter.unquantized_hint})", stacklevel=2)
 
     # -- setup --
 
@@ -313,7 +313,7 @@ class QuantAnalyzer:
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
                 percentile: float = 99.99, rounding: str = "half_even",
                 rounding_mode: Optional[str] = None) -> AnalysisResult:
-        """Run every analysis and write the results (see ARCHITECTURE's result files).
+        """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
             quant_scheme: "tf", "tf_enhanced" or "percentile" (or a QuantScheme).

@@ -1,8 +1,8 @@
 """Plain numpy references for qa's kernels, written from the formulas (never calling qa).
 
 Each function is the scalar-clear version of one kernel: the tests run the C++ kernels
-against these. Sources of the formulas: /work/shared/reference/aimet_semantics.md and the
-docstrings of qa.kernels / qa.encodings / qa.observers. Where the arithmetic order matters
+against these. Sources of the formulas: AIMET's documented quantization semantics (README, "The
+kernels") and the docstrings of qa.kernels / qa.encodings / qa.observers. Where the arithmetic order matters
 for bit-exactness (float32 ``x * (1/scale)`` like torch, sequential sums in the
 TF-Enhanced cost), it is spelled out and the reason is given.
 """

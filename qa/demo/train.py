@@ -118,18 +118,12 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = EPOCHS,
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """A copy of the model with each BatchNorm folded into its conv (the BN becomes Identity)."""
+    """A copy of the model with each BatchNorm folded into its conv (the BN becomes Identity),
+    exactly as the analyzer folds them."""
+    from qa.adapters.torch import fold_batch_norms as fold
+
     folded = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for conv_name, bn_name in BN_PAIRS:
-            conv, bn = getattr(folded, conv_name), getattr(folded, bn_name)
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-            conv.bias = nn.Parameter(bias)
-            setattr(folded, bn_name, nn.Identity())
+    fold(folded, BN_PAIRS)
     return folded
 
 
