@@ -7,7 +7,13 @@ on the cloned layers only, so that every layer output (after a fused activation 
 ``Conv2D(activation="relu")``) passes through its quantizer. Tensors cross into qa as float32
 numpy arrays (``keras.ops.convert_to_numpy``) and come back with ``keras.ops.convert_to_tensor``,
 so the adapter works on any Keras backend; only eager execution is supported (``model(x)``,
-or ``predict`` on backends that run it eagerly, like torch).
+or ``predict`` on backends that run it eagerly, like torch). Observing, quantizing and capturing
+go through the shared mechanics of :class:`qa.adapters._base.Adapter`; activating a quantized
+weight assigns the prepared values to the clone's variable (the original values come back when
+it is switched off), and the folding arithmetic is :func:`qa.folding.fold_batch_norm`.
+
+Batch norms are folded into a Dense, Conv, DepthwiseConv or SeparableConv layer they alone
+read (into the pointwise kernel of a separable conv).
 
 Names: layers are keyed by ``layer.name`` (as AIMET Keras). Kernels become the ``weight``
 parameter (``<layer>_weight``, so that a quantsim config's ``params.weight`` applies), biases
@@ -25,10 +31,12 @@ import numpy as np
 import keras
 
 from ..errors import QAValueError
-from ._base import AdapterBase
+from ..folding import fold_batch_norm
 from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
+from . import register
+from ._base import Adapter, ActiveSet, FLOAT
 
-__all__ = ["KerasAdapter", "is_model"]
+__all__ = ["KerasAdapter"]
 
 log = logging.getLogger("qa.adapters.keras")
 
@@ -37,11 +45,12 @@ _CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
 _DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c is not None)
 _CONV_T = tuple(c for c in (getattr(L, "Conv1DTranspose", None), L.Conv2DTranspose,
                             getattr(L, "Conv3DTranspose", None)) if c is not None)
-_FOLDABLE = _CONV + _DEPTHWISE + (L.Dense,)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+_FOLDABLE = _CONV + _DEPTHWISE + _SEPARABLE + (L.Dense,)
 
 # Layer class -> ONNX op type (the vocabulary of AIMET quantsim configs); first match wins.
 _OP_TYPES: List[Tuple[Any, str]] = [
-    (_CONV + _DEPTHWISE + (L.SeparableConv1D, L.SeparableConv2D), "Conv"), (_CONV_T, "ConvTranspose"),
+    (_CONV + _DEPTHWISE + _SEPARABLE, "Conv"), (_CONV_T, "ConvTranspose"),
     (L.Dense, "Gemm"), (L.EinsumDense, "MatMul"), (L.BatchNormalization, "BatchNormalization"),
     (L.LeakyReLU, "LeakyRelu"), (L.PReLU, "PRelu"), (L.ELU, "Elu"), (L.Softmax, "Softmax"),
     (L.Add, "Add"), (L.Subtract, "Sub"), (L.Multiply, "Mul"), (L.Concatenate, "Concat"),
@@ -67,11 +76,6 @@ _ACTIVATIONS = {"relu": "Relu", "relu6": "Clip", "sigmoid": "Sigmoid", "tanh": "
 # Keras variable name -> the parameter name qa's config vocabulary uses.
 _PARAM_NAMES = {"kernel": "weight", "depthwise_kernel": "weight", "embeddings": "weight",
                 "gamma": "weight", "beta": "bias", "bias": "bias"}
-
-
-def is_model(model: Any) -> bool:
-    """True for a keras.Model."""
-    return isinstance(model, keras.Model)
 
 
 def _activation_name(fn: Any) -> str:
@@ -133,6 +137,14 @@ def _is_symbolic(x: Any) -> bool:
 
 def _flat(obj: Any) -> List[Any]:
     return list(keras.tree.flatten(obj))
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32)
+
+
+def _from_numpy(array: np.ndarray, like: Any) -> Any:
+    return keras.ops.convert_to_tensor(np.asarray(array), dtype=like.dtype)
 
 
 def _functional_class() -> Any:
@@ -230,22 +242,21 @@ def _np(v: Any) -> np.ndarray:
 
 
 def _fold(layer: Any, bn: Any) -> None:
-    """W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), per output channel
-    (on the clone's layer, which has a bias)."""
-    var = _np(bn.moving_variance).astype(np.float64)
-    mean = _np(bn.moving_mean).astype(np.float64)
-    gamma = _np(bn.gamma).astype(np.float64) if getattr(bn, "gamma", None) is not None else np.ones_like(var)
-    beta = _np(bn.beta).astype(np.float64) if getattr(bn, "beta", None) is not None else np.zeros_like(mean)
-    s = gamma / np.sqrt(var + bn.epsilon)
-    kernel = _np(layer.kernel)
-    w = kernel.astype(np.float64)
-    if isinstance(layer, _DEPTHWISE):  # [..., in, mult]: output channel c = i * mult + m
-        w = w * s.reshape(w.shape[-2], w.shape[-1])
+    """Fold ``bn`` into the clone's ``layer`` (which has a bias), per output channel: the last
+    kernel axis, ``in * mult`` for a depthwise kernel ``[..., in, mult]``, the last axis of a
+    separable conv's pointwise kernel."""
+    if isinstance(layer, _SEPARABLE):
+        kernel = layer.pointwise_kernel
     else:
-        w = w * s
-    b = _np(layer.bias).astype(np.float64)
-    layer.kernel.assign(w.astype(kernel.dtype))
-    layer.bias.assign(((b - mean) * s + beta).astype(kernel.dtype))
+        kernel = layer.kernel
+    ndim = len(kernel.shape)
+    axis = (ndim - 2, ndim - 1) if isinstance(layer, _DEPTHWISE) else ndim - 1
+    gamma = _np(bn.gamma) if getattr(bn, "gamma", None) is not None else None
+    beta = _np(bn.beta) if getattr(bn, "beta", None) is not None else None
+    w, b = fold_batch_norm(_np(kernel), _np(layer.bias), mean=_np(bn.moving_mean), var=_np(bn.moving_variance),
+                           gamma=gamma, beta=beta, eps=bn.epsilon, axis=axis, name=layer.name)
+    kernel.assign(w)
+    layer.bias.assign(b)
 
 
 class _FoldedBatchNorm(keras.layers.Layer):
@@ -258,9 +269,53 @@ class _FoldedBatchNorm(keras.layers.Layer):
         return input_shape
 
 
+# ---- the analysis clone ---------------------------------------------------------------------
+
+def _clone(model: Any, topo: _Topology, pairs: List[Tuple[Any, Any]]) -> Tuple[Any, Dict[int, Any]]:
+    """A clone of ``model`` holding its weights, with each batch norm in ``pairs`` folded into the
+    layer before it (which gets a bias) and replaced by a pass-through; and id(layer) -> its clone."""
+    fold_into = {id(src) for src, _ in pairs}
+    folded_bns = {id(bn) for _, bn in pairs}
+    clones: Dict[int, Any] = {}
+
+    def clone_function(layer: Any) -> Any:
+        if isinstance(layer, keras.Model):
+            new = keras.models.clone_model(layer)
+        elif not isinstance(layer, keras.layers.Layer):
+            return layer  # a functional op (keras.ops.add in the graph): shared, it has no state
+        elif id(layer) in folded_bns:
+            new = _FoldedBatchNorm(name=layer.name)
+        else:
+            config = layer.get_config()
+            if id(layer) in fold_into:
+                config["use_bias"] = True
+            new = layer.__class__.from_config(config)
+        clones[id(layer)] = new
+        return new
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_function)
+    except Exception as e:
+        raise QAValueError(f"qa could not clone the Keras model ({type(e).__name__}: {e}); qa needs a Functional "
+                           f"or Sequential model built from standard or serializable layers") from e
+    originals = {id(op): op for op in topo.order}
+    for key, new in clones.items():
+        orig = originals.get(key)
+        if orig is None or key in folded_bns:
+            continue
+        weights = orig.get_weights()
+        if key in fold_into and not orig.use_bias:  # the bias is the last variable of every foldable layer
+            weights = weights + [np.zeros(new.bias.shape, dtype=weights[0].dtype)]
+        new.set_weights(weights)
+    for src, bn in pairs:
+        _fold(clones[id(src)], bn)
+    return clone, clones
+
+
 # ---- the adapter ---------------------------------------------------------------------------
 
-class KerasAdapter(AdapterBase):
+@register
+class KerasAdapter(Adapter):
     """Exposes a Keras 3 Functional or Sequential model to qa's engine.
 
     Example:
@@ -275,9 +330,33 @@ class KerasAdapter(AdapterBase):
     """
 
     framework = "keras"
+    priority = 10  # before torch: on the torch backend a keras.Model is also a torch.nn.Module
     unquantized_hint = "wrap them in Keras layers (e.g. keras.layers.Add) to quantize them"
 
     def __init__(self, model: Any, dummy_input: Any = None, *, modules_to_ignore: Any = None) -> None:
+        super().__init__()
+        self._check_model(model)
+        self.dummy_input = dummy_input
+        ignored = self._ignored_names(model, modules_to_ignore)
+        topo = _Topology(model)
+        pairs = _bn_pairs(topo)
+        self.model, clones = _clone(model, topo, pairs)
+        if pairs:
+            log.info("folded %d batch norm(s): %s", len(pairs), ", ".join(f"{bn.name} -> {c.name}" for c, bn in pairs))
+        self._layers: Dict[str, Any] = {}
+        self.graph = self._build_graph(topo, clones, {id(bn) for _, bn in pairs}, ignored)
+        self.graph.folded_batch_norms = [(bn.name, c.name) for c, bn in pairs]
+        self._quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
+        # parameter quantizer -> its float32 (folded) values: what weights() gives and an inactive variable holds
+        self._originals: Dict[str, np.ndarray] = {q.name: _np(self._variables[q.name]).astype(np.float32)
+                                                   for layer in self.graph.layers for q in layer.params}
+        self._patched: List[Tuple[Any, Any]] = []
+        self._patch()
+
+    # -- construction --
+
+    @staticmethod
+    def _check_model(model: Any) -> None:
         if not isinstance(model, keras.Model):
             raise QAValueError(f"expected a keras.Model, got {type(model).__name__}")
         functional = _functional_class()
@@ -288,65 +367,6 @@ class KerasAdapter(AdapterBase):
                 f"(keras.Model(inputs, outputs)) or as a keras.Sequential")
         if not model.built or (isinstance(model, keras.Sequential) and not model.layers):
             raise QAValueError("the Keras model is not built: give it a keras.Input or call it once on data")
-        self.dummy_input = dummy_input
-        ignored = self._ignored_names(model, modules_to_ignore)
-        topo = _Topology(model)
-        pairs = _bn_pairs(topo)
-        fold_into = {id(src) for src, _ in pairs}
-        folded_bns = {id(bn) for _, bn in pairs}
-        clones: Dict[int, Any] = {}
-
-        def clone_function(layer: Any) -> Any:
-            if isinstance(layer, keras.Model):
-                new = keras.models.clone_model(layer)
-            elif not isinstance(layer, keras.layers.Layer):
-                return layer  # a functional op (keras.ops.add in the graph): shared, it has no state
-            elif id(layer) in folded_bns:
-                new = _FoldedBatchNorm(name=layer.name)
-            else:
-                config = layer.get_config()
-                if id(layer) in fold_into:
-                    config["use_bias"] = True
-                new = layer.__class__.from_config(config)
-            clones[id(layer)] = new
-            return new
-
-        try:
-            self.model = keras.models.clone_model(model, clone_function=clone_function)
-        except Exception as e:
-            raise QAValueError(f"qa could not clone the Keras model ({type(e).__name__}: {e}); qa needs a Functional "
-                               f"or Sequential model built from standard or serializable layers") from e
-        originals = {id(op): op for op in topo.order}
-        for key, new in clones.items():
-            orig = originals.get(key)
-            if orig is None or key in folded_bns:
-                continue
-            weights = orig.get_weights()
-            if key in fold_into and not orig.use_bias:
-                weights = weights + [np.zeros(new.bias.shape, dtype=weights[0].dtype)]
-            new.set_weights(weights)
-        for src, bn in pairs:
-            _fold(clones[id(src)], bn)
-        if pairs:
-            log.info("folded %d batch norm(s): %s", len(pairs), ", ".join(f"{bn.name} -> {c.name}" for c, bn in pairs))
-        self._layers: Dict[str, Any] = {}
-        self.graph = self._build_graph(topo, clones, folded_bns, ignored)
-        self.graph.folded_batch_norms = [(bn.name, c.name) for c, bn in pairs]
-        self._quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
-        # quantizer name -> [variable, original values, quantized values or None, currently quantized]
-        self._weights: Dict[str, List[Any]] = {}
-        for layer in self.graph.layers:
-            for q in layer.params:
-                var = self._variables[q.name]
-                self._weights[q.name] = [var, _np(var).astype(np.float32), None, False]
-        self._active: Set[str] = set()
-        self._observers: Optional[Dict[str, Any]] = None
-        self._capture: Optional[Callable[[str, int, Any], None]] = None
-        self._quantize_fn: Optional[Callable[[Quantizer, Any], Any]] = None
-        self._patched: List[Tuple[Any, Any]] = []
-        self._patch()
-
-    # -- construction --
 
     @staticmethod
     def _ignored_names(model: Any, layers: Any) -> Set[str]:
@@ -427,18 +447,12 @@ class KerasAdapter(AdapterBase):
 
     # -- the quantizers, patched into the clone's layer calls --
 
-    def _apply(self, q: Quantizer, t: Any) -> Any:
+    def _input(self, q: Quantizer, t: Any) -> Any:
+        """``t`` after input quantizer ``q`` (observed, quantized or passed, as the mode says)."""
         if _is_symbolic(t) or not _is_float(t):
             return t
-        if self._observers is not None:
-            obs = self._observers.get(q.name)
-            if obs is not None:
-                obs.update(np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32))
-            return t
-        if q.name in self._active and self._quantize_fn is not None:
-            x = np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32)
-            return keras.ops.convert_to_tensor(np.asarray(self._quantize_fn(q, x)), dtype=t.dtype)
-        return t
+        quantized = self._activation(q.name, lambda: _to_numpy(t))
+        return t if quantized is None else _from_numpy(quantized, t)
 
     def _patch(self) -> None:
         for layer in self.graph.layers:
@@ -456,54 +470,47 @@ class KerasAdapter(AdapterBase):
             if ins and args:
                 first = args[0]
                 if isinstance(first, (list, tuple)):  # merge layers take a list of inputs
-                    first = type(first)(adapter._apply(ins[0], t) for t in first)
+                    first = type(first)(adapter._input(ins[0], t) for t in first)
                 else:
-                    first = adapter._apply(ins[0], first)
+                    first = adapter._input(ins[0], first)
                 args = (first,) + tuple(args[1:])
             output = call(*args, **kwargs)
             tensors = _flat(output)
             if any(_is_symbolic(t) for t in tensors):
-                return output
-            result = []
-            k = 0
-            for t in tensors:
-                if _is_float(t) and k < len(outs):
-                    t = adapter._apply(outs[k], t)
-                    k += 1
-                result.append(t)
-            if adapter._capture is not None:
-                for i, t in enumerate(x for x in result if _is_float(x)):
-                    adapter._capture(name, i, np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32))
+                return output  # building a graph (clone_model, keras.Model(...)): nothing to quantize
+            result = adapter._layer_outputs(name, tensors, outs, _is_float, _to_numpy, _from_numpy)
             return keras.tree.pack_sequence_as(output, result) if not _is_float(output) else result[0]
 
         return quantized_call
 
-    # -- the verbs the engine uses --
+    # -- the contract --
+
+    @classmethod
+    def is_model(cls, model: Any) -> bool:
+        """True for a keras.Model (a subclassed one is then refused with a clear error)."""
+        return isinstance(model, keras.Model)
 
     def weights(self) -> Iterator[Tuple[Quantizer, np.ndarray]]:
         """Each parameter quantizer with its float32 values (the folded ones)."""
-        for name, (_, original, _, _) in self._weights.items():
-            yield self._quantizers[name], original
+        for name, values in self._originals.items():
+            yield self._quantizers[name], values
 
-    def set_quantized_weight(self, quantizer: Quantizer, values: np.ndarray) -> None:
-        """Cache the fake-quantized values of a parameter (assigned when it is active)."""
-        entry = self._weights[quantizer.name]
-        entry[2] = np.array(values, dtype=np.float32).reshape(entry[1].shape)
-        if entry[3]:
-            entry[0].assign(entry[2])
+    def prepare_weight(self, quantizer: Quantizer, values: np.ndarray) -> np.ndarray:
+        """The fake-quantized values of a parameter as a float32 array of its variable's shape."""
+        shape = self._originals[quantizer.name].shape
+        values = np.array(values, dtype=np.float32)
+        if values.size != int(np.prod(shape)):
+            raise QAValueError(f"{quantizer.name}: {values.size} quantized values for a variable of shape {shape}")
+        return values.reshape(shape)
 
-    def set_active(self, names: Set[str], quantize: Optional[Callable[[Quantizer, Any], Any]],
-                   rounding: str = "half_even") -> None:
-        """Turn on exactly these quantizers; a parameter is assigned only when its state changes.
-        (``rounding`` matters to adapters that build graphs; here ``quantize`` applies it.)"""
-        self._active = set(names)
-        self._quantize_fn = quantize
-        for name, entry in self._weights.items():
-            var, original, quantized, current = entry
-            want = name in self._active and quantized is not None
-            if want != current:
-                var.assign(quantized if want else original)
-                entry[3] = want
+    def activate(self, active: ActiveSet) -> None:
+        """Run from now on with exactly the quantizers in ``active`` on; a variable is assigned only
+        when its value changes."""
+        self._bind_weights(active.weights, list(self._originals))
+        self._active = active
+
+    def _bind_weight(self, name: str, value: Any) -> None:
+        self._variables[name].assign(self._originals[name] if value is None else value)
 
     def run(self, inputs: Any) -> Any:
         """One inference pass of the analysis clone on model inputs (an array, a list/tuple or a dict)."""
@@ -512,7 +519,8 @@ class KerasAdapter(AdapterBase):
         return self.model(inputs, training=False)
 
     def close(self) -> None:
-        self.set_active(set(), self._quantize_fn)
+        """Restore the clone's original variables and unpatch its layer calls."""
+        self.activate(FLOAT)
         for clone, original in self._patched:
             clone.call = original
         self._patched = []

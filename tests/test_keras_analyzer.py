@@ -133,6 +133,33 @@ def test_batch_norm_folding_matches_the_model(tmp_path):
     assert adapter.graph["fc1"].quantizer("param", "weight").axis == 1
 
 
+def test_batch_norms_after_separable_and_multiplier_convs_fold_exactly():
+    """Separable convs fold into the pointwise kernel; a depthwise multiplier makes channel i * mult + m."""
+    from qa.adapters.keras import KerasAdapter
+
+    keras.utils.set_random_seed(2)
+    x = keras.Input((8, 8, 3))
+    y = L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, use_bias=False, name="sep")(x)
+    y = L.BatchNormalization(name="bn_sep")(y)
+    y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(y)
+    y = L.BatchNormalization(name="bn_dw")(y)
+    y = L.Reshape((64, 10), name="reshape")(y)
+    y = L.SeparableConv1D(4, 3, padding="same", data_format="channels_first", name="sep1d")(y)
+    y = L.BatchNormalization(axis=1, name="bn_sep1d")(y)
+    model = keras.Model(x, L.Flatten(name="flat")(y))
+    for i, name in enumerate(("bn_sep", "bn_dw", "bn_sep1d")):
+        _set_bn(model, name, i)
+    adapter = KerasAdapter(model)
+    assert sorted(adapter.graph.folded_batch_norms) == [("bn_dw", "dw"), ("bn_sep", "sep"), ("bn_sep1d", "sep1d")]
+    assert all(layer.op_type != "BatchNormalization" for layer in adapter.graph.layers)
+    b = data((3, 8, 8, 3), 1, seed=4)[0]
+    np.testing.assert_allclose(_np(adapter.run(b)), _np(model(b, training=False)), atol=1e-5, rtol=1e-5)
+    # the depthwise half of a separable conv is untouched; the original's layers are unchanged
+    np.testing.assert_array_equal(_np(adapter.model.get_layer("sep").depthwise_kernel),
+                                  _np(model.get_layer("sep").depthwise_kernel))
+    assert not model.get_layer("sep").use_bias
+
+
 def test_unfoldable_batch_norm_stays_a_layer():
     from qa.adapters.keras import KerasAdapter
 
