@@ -261,11 +261,19 @@ class QuantAnalyzer:
         reference: Dict[Tuple[str, int, int], Any] = {}
         seen: Dict[Tuple[str, int], int] = {}
 
+        # The layers the sweeps cover: those with a quantizer on (a layer that only moves values
+        # would repeat its input's error).
+        quantized = {layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)}
+
         def store(layer: str, i: int, array: Any) -> None:
+            if layer not in quantized:
+                return
             k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
             reference[(layer, i, k)] = array.copy()  # the model may overwrite it in place later
 
         def compare(layer: str, i: int, array: Any) -> None:
+            if layer not in quantized:
+                return
             k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
             ref = reference.get((layer, i, k))
             if ref is not None and ref.shape == array.shape:

@@ -241,7 +241,8 @@ def test_transformer_block_agrees_with_pytorch(tmp_path):
                                     default_activation_bw=6)
     layers = {layer.name: layer for layer in analyzer.adapter.graph.layers}
     assert layers["/q/MatMul"].type_name == "MatMul+Add"  # nn.Linear on 3-D input: one layer, like torch
-    assert not layers["/Transpose"].quantizers  # data movement: nothing new to quantize
+    # data movement: nothing new to quantize (the data-movement policy turns its output quantizer off)
+    assert r_onnx.layers[[entry["name"] for entry in r_onnx.layers].index("/Transpose")]["quantizers"] == []
     r_torch = _analyze_torch(net, data, tmp_path / "torch", default_param_bw=4, default_output_bw=6)
     _compare_with_torch(r_onnx, r_torch)
 
@@ -370,7 +371,9 @@ def test_constant_node_weights_and_batch_norm_folding(tmp_path):
     assert [q.name for q in bn3.params] == ["BatchNormalization_22_weight", "BatchNormalization_22_bias"]
     assert graph["Add_21"].inputs == ["Relu_18", "conv2"] and graph["Gemm_26"].model_output
     assert graph["conv1"].model_input and graph["conv1"].quantizer("input", 0) is not None
-    assert graph["Flatten_25"].quantizers == []
+    assert [q.kind for q in graph["Flatten_25"].quantizers] == ["output"]  # which the config leaves off
+    assert not QuantSim(adapter, quant_scheme="tf", default_param_bw=8,
+                        default_output_bw=8).quantizers["Flatten_25_output_0"].enabled
     # the folded weights (conv1's came from Constant nodes)
     consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
               if n.op_type == "Constant"}
