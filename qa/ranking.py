@@ -14,12 +14,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Impact", "impacts", "culprits", "impact_order", "NOISE_RATIO"]
+__all__ = ["Impact", "impacts", "culprits", "impact_order", "finite", "NOISE_RATIO"]
 
 NOISE_RATIO = 0.01  # an impact under 1% of the top one is noise
 
 
-def _finite(value: Any) -> Optional[float]:
+def finite(value: Any) -> Optional[float]:
+    """A finite float, or None (missing, non-numeric, NaN or inf).
+
+    Example:
+        >>> finite("nan"), finite(True), finite("0.5")
+        (None, None, 0.5)
+    """
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -56,10 +62,10 @@ def impacts(layers: Sequence[str], fp32: Any, quantized: Any, enabled: Mapping[s
         >>> [i.cost for i in impacts(["a", "b"], 1.0, 0.5, {"a": 0.9, "b": 0.6}, {"a": 0.55})]
         [0.09999999999999998, 0.4]
     """
-    fp32, quantized = _finite(fp32), _finite(quantized)
+    fp32, quantized = finite(fp32), finite(quantized)
     out = []
     for index, name in enumerate(layers):
-        on, off = _finite(enabled.get(name)), _finite(disabled.get(name))
+        on, off = finite(enabled.get(name)), finite(disabled.get(name))
         cost = fp32 - on if fp32 is not None and on is not None else None
         gain = off - quantized if quantized is not None and off is not None else None
         out.append(Impact(name, index, cost, gain))

@@ -179,3 +179,30 @@ def test_weights_only_and_activations_only_differ_from_both_ends(setup):
         runs[label] = _output(adapter.run(inputs))
     for part in ("weights", "acts"):
         assert not np.array_equal(runs[part], runs["fp32"]) and not np.array_equal(runs[part], runs["all"]), part
+
+
+def test_two_prepared_sets_never_interfere(setup):
+    """What two simulations of one analyzer do: each prepares its own set; activating one never
+    changes what the other runs."""
+    from qa import kernels
+    from qa.adapters._base import ActiveSet
+
+    adapter, inputs, _ = setup
+
+    def prepared(scale, bits):
+        enc = kernels.Encoding(-128 * scale, 127 * scale, scale, -128, 8)
+        weights = {q.name: adapter.prepare_weight(q, kernels.fake_quantize(w, scale, -2 ** (bits - 1), bits))
+                   for q, w in adapter.weights()}
+        acts = {q.name: adapter.prepare_activation(q, enc, "half_even")
+                for q in adapter.graph.quantizers() if not q.is_param}
+        return ActiveSet(weights, acts, chain=frozenset(acts))
+
+    fine, coarse = prepared(1 / 64, 8), prepared(1 / 4, 3)
+    adapter.activate(fine)
+    first = _output(adapter.run(inputs))
+    adapter.activate(coarse)
+    other = _output(adapter.run(inputs))
+    adapter.activate(fine)
+    again = _output(adapter.run(inputs))
+    assert not np.array_equal(first, other)
+    np.testing.assert_array_equal(first, again)

@@ -1,5 +1,6 @@
 """The HTML report (qa.report): every page, offline, rebuilt from JSON alone, safe with hostile names."""
 
+import html
 import json
 import logging
 import re
@@ -181,7 +182,8 @@ def test_hostile_names_stay_inside_results_dir_and_escaped(hostile):
                 assert not any(n in (value or "") for n in HOSTILE if len(n) > 2), (page, tag, value)
     # The names survive intact in the data: HTML-escaped in text, JSON-escaped in the chart specs.
     index = (root / "index.html").read_text(encoding="utf-8")
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index and "say &quot;hi&quot; &amp; &lt;b&gt;bold" in index
+    # (Jinja2 escapes '"' as &#34;, as html.escape's &quot; before it: the same character)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index and "say &#34;hi&#34; &amp; &lt;b&gt;bold" in index
     specs = re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', index, re.S)
     shown = set()
 
@@ -312,12 +314,83 @@ def test_a_failing_page_build_is_a_warning(tmp_path, monkeypatch, caplog):
 def test_import_qa_report_does_not_import_altair():
     code = textwrap.dedent("""
         import sys, qa, qa.report, qa.analyzer
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("altair", "vl_convert")))
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("altair", "vl_convert", "jinja2")))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).anchor)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+class _Text(HTMLParser):
+    """What a browser shows as text (entities decoded), and the JSON of the chart specs."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.text, self.specs, self._in_script = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        (self.specs if self._in_script else self.text).append(data)
+
+
+def test_names_with_markup_or_template_syntax_stay_literal_text(tmp_path):
+    img, jinja = "<img src=x onerror=alert(1)>", "{{7*7}}"
+    names = ["c0", img, "c2", jinja]  # odd places: per-channel weights; img is the culprit, both lose SQNR
+    root = write_results(tmp_path / "r", names, culprit=img)
+    build_html(root)
+    img_html, jinja_html = "&lt;img src=x onerror=alert(1)&gt;", "{{7*7}}"
+    kinds = {"index.html": (img, jinja), "per_layer_quant_enabled.html": (), "per_layer_quant_disabled.html": (),
+             "per_layer_mse_loss.html": (img, jinja), "min_max_ranges/weights.html": (img, jinja),
+             "min_max_ranges/activations.html": ()}
+    for name in (img, jinja):  # the pages of one quantizer name it in their title and heading
+        for page in (f"weights_pdf/{sanitize(name)}/weight.html", f"activations_pdf/{sanitize(name + '_output_0')}.html",
+                     f"min_max_ranges/{sanitize(name + '_weight')}.html"):
+            kinds[page] = (name,)
+    assert set(kinds) <= set(rel(root, pages(root)))
+    for page, shown in kinds.items():
+        source = (root / page).read_text(encoding="utf-8")
+        parsed = check_page_is_offline_and_safe(root, root / page)
+        assert not any(tag == "img" for tag, _ in parsed.tags), page
+        assert "<img" not in source, page
+        reader = _Text()
+        reader.feed(source)
+        text = "".join(reader.text)
+        for name in shown:  # shown as itself: escaped in the source, literal on screen
+            assert name in text, (page, name)
+            assert (img_html if name == img else jinja_html) in source, (page, name)
+        if "per_layer" in page or "activations.html" in page:  # names only in the chart data
+            strings = json.dumps([json.loads(s) for s in reader.specs if s.strip()], ensure_ascii=False)
+            assert json.dumps(img)[1:-1] in strings and json.dumps(jinja)[1:-1] in strings, page
+
+
+def culprit_cards(root):
+    """The layer names of the dashboard's culprit cards, in their order."""
+    index = (Path(root) / "index.html").read_text(encoding="utf-8")
+    return [html.unescape(n) for n in re.findall(
+        r'<div class="card culprit" id="culprit-\d+"><h3><span class="rank">#\d+</span><a [^>]*>([^<]*)</a>', index)]
+
+
+def test_dashboard_ranks_culprits_with_qa_ranking(tmp_path):
+    from qa import ranking
+
+    names = [f"conv{i}" for i in range(8)]
+    root = write_results(tmp_path / "r", names, culprit="conv5")
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    summary["per_layer_quant_enabled"].update(conv2=89.999, conv6=85.0)  # conv2: noise next to the top one
+    summary["per_layer_quant_disabled"].update(conv2=71.0001, conv6=79.0)
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    build_html(root)
+    expected = ranking.culprits(ranking.impacts(names, summary["fp32_score"], summary["quantized_score"],
+                                                summary["per_layer_quant_enabled"],
+                                                summary["per_layer_quant_disabled"]), 5)
+    assert culprit_cards(root) == [i.name for i in expected]
+    assert culprit_cards(root)[:2] == ["conv5", "conv6"] and "conv2" not in culprit_cards(root)
 
 
 def test_sanitize_is_stable_and_keeps_unicode_names_apart():
@@ -379,3 +452,4 @@ def test_analyze_writes_the_html_of_a_real_model(tmp_path):
     for page in pages(root):
         check_page_is_offline_and_safe(root, page)
         assert "<script>alert" not in page.read_text(encoding="utf-8")
+    assert culprit_cards(root) == result.most_sensitive_layers(5)  # one ranking: summary, CLI, dashboard

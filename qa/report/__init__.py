@@ -1,6 +1,6 @@
 """Every result file qa writes: the JSON (AIMET's names and shapes) and the HTML pages built from it.
 
-Altair and vl-convert (the ``report`` extra) are imported only when HTML is built.
+Altair, vl-convert and Jinja2 (the ``report`` extra) are imported only when HTML is built.
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ def build_html(results_dir: Union[str, os.PathLike], *, png: bool = False, svg: 
         The files written: pages, the shared ``_static/`` files, the exported images.
 
     Raises:
-        QAError: no results in the folder, a file cannot be written, or altair / vl-convert-python
-            are missing (``pip install 'qa-quant[report]'``).
+        QAError: no results in the folder, a file cannot be written, or altair / vl-convert-python /
+            Jinja2 are missing (``pip install 'qa-quant[report]'``).
 
     Example:
         >>> import qa.report, tempfile
@@ -157,7 +157,7 @@ def build_html(results_dir: Union[str, os.PathLike], *, png: bool = False, svg: 
     try:
         from . import _html
     except ImportError as e:
-        raise QAError(f"the HTML report needs altair and vl-convert-python ({e}): "
+        raise QAError(f"the HTML report needs altair, vl-convert-python and Jinja2 ({e}): "
                       "pip install 'qa-quant[report]'") from e
     return _html.build(results_dir, png=png, svg=svg)
 
@@ -168,7 +168,7 @@ def try_build_html(results_dir: Union[str, os.PathLike]) -> List[Path]:
     try:
         from . import _html
     except ImportError as e:
-        log.warning("no HTML report: it needs altair and vl-convert-python (missing: %s); the JSON results are "
+        log.warning("no HTML report: it needs altair, vl-convert-python and Jinja2 (missing: %s); the JSON results are "
                     "complete. pip install 'qa-quant[report]', then run: qa report %s", e.name or e, results_dir)
         return []
     try:

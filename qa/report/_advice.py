@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from ._load import Layer, Quantizer, Results
+from ._load import LayerView, QuantizerView, Results
 
 # Thresholds for calling something out; they decide wording only, never numbers shown.
 CLIPPED_NOTABLE = 0.01  # share of values outside the encoding range
@@ -43,18 +43,18 @@ def pct(v: Optional[float]) -> str:
     return f"{100 * v:.1f}%"
 
 
-def _range(q: Quantizer) -> str:
+def _range(q: QuantizerView) -> str:
     r = q.tensor_range()
     return f"[{fmt(r[0])}, {fmt(r[1])}]" if r else "n/a"
 
 
-def _describe(q: Quantizer) -> str:
+def _describe(q: QuantizerView) -> str:
     bits = f"{q.bitwidth}-bit" if q.bitwidth else "quantized"
     how = "per channel" if q.per_channel else "per tensor"
     return f"{bits} {how}" if q.is_param else bits
 
 
-def quantizer_evidence(q: Quantizer) -> str:
+def quantizer_evidence(q: QuantizerView) -> str:
     """One line on what the encoding of q does to its values."""
     s = q.stats
     parts = [f"{q.name}: {_describe(q)}, range {_range(q)}"]
@@ -72,7 +72,7 @@ def quantizer_evidence(q: Quantizer) -> str:
     return "; ".join(parts)
 
 
-def layer_evidence(r: Results, layer: Layer) -> List[str]:
+def layer_evidence(r: Results, layer: LayerView) -> List[str]:
     lines = []
     if layer.enabled is not None:
         cost = signed(-layer.cost if layer.cost is not None else None)
@@ -89,7 +89,7 @@ def layer_evidence(r: Results, layer: Layer) -> List[str]:
     return lines
 
 
-def _weights_are_the_problem(r: Results, layer: Layer) -> bool:
+def _weights_are_the_problem(r: Results, layer: LayerView) -> bool:
     if not layer.weights:
         return False
     if not layer.activations:
@@ -100,7 +100,7 @@ def _weights_are_the_problem(r: Results, layer: Layer) -> bool:
     return True
 
 
-def layer_suggestions(r: Results, layer: Layer) -> List[str]:
+def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
     """What to try for one culprit layer, most promising first."""
     out: List[str] = []
     if _weights_are_the_problem(r, layer):

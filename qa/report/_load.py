@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import ranking
 from ..errors import QAError
 
 log = logging.getLogger("qa")
@@ -21,15 +22,7 @@ RESULT_FILES = ("summary.json", "per_layer_quant_enabled.json", "per_layer_quant
                 "per_layer_mse_loss.json", "min_max_ranges/weights.json", "min_max_ranges/activations.json")
 
 
-def num(value: Any) -> Optional[float]:
-    """A finite float, or None (missing, non-numeric, NaN/inf, which JSON stores as strings)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+num = ranking.finite  # a finite float, or None (missing, non-numeric, NaN/inf, which JSON stores as strings)
 
 
 def read_json(path: Path) -> Any:
@@ -45,8 +38,8 @@ def _score_dict(data: Any) -> Dict[str, Optional[float]]:
 
 
 @dataclass
-class Histogram:
-    """One histogram as written by ``histogram_record``: uniform bins, the encoding, the clipped share."""
+class HistogramView:
+    """One histogram file read back (``histogram_record``'s form): uniform bins, the encoding, the clipped share."""
 
     edges: np.ndarray
     counts: np.ndarray
@@ -55,7 +48,7 @@ class Histogram:
     clipped_fraction: Optional[float]
 
     @classmethod
-    def from_record(cls, record: Any) -> "Histogram":
+    def from_record(cls, record: Any) -> "HistogramView":
         counts = np.asarray(record["counts"], dtype=np.float64)
         if "edges" in record:  # an explicit edge list (as other tools write it)
             edges = np.asarray(record["edges"], dtype=np.float64)
@@ -116,8 +109,8 @@ class Histogram:
 
 
 @dataclass
-class Quantizer:
-    """One quantizer as the report sees it: its place, encoding, range and files."""
+class QuantizerView:
+    """One quantizer as the result files describe it: its place, encoding, range and files."""
 
     name: str
     layer: str
@@ -182,31 +175,29 @@ class Quantizer:
 
 
 @dataclass
-class Layer:
+class LayerView:
+    """One layer as the result files describe it: its scores, errors and quantizers."""
+
     name: str
-    index: int
+    index: int  # execution order: the position in Results.layers
     type: str = ""
     op_type: str = ""
-    quantizers: List[Quantizer] = field(default_factory=list)
+    quantizers: List[QuantizerView] = field(default_factory=list)
     enabled: Optional[float] = None  # score with only this layer quantized
     disabled: Optional[float] = None  # score with all but this layer quantized
     mse: Optional[float] = None
     sqnr_db: Optional[float] = None
     sqnr_jump_db: Optional[float] = None  # SQNR change from the previous layer (negative: lost here)
     previous: Optional[str] = None  # the layer the jump is measured from
-    cost: Optional[float] = None  # FP32 score - enabled score
+    cost: Optional[float] = None  # FP32 score - enabled score (qa.ranking.impacts)
     gain: Optional[float] = None  # disabled score - fully quantized score
 
     @property
-    def impact(self) -> float:
-        return max(self.cost or 0.0, self.gain or 0.0)
-
-    @property
-    def weights(self) -> List[Quantizer]:
+    def weights(self) -> List[QuantizerView]:
         return [q for q in self.quantizers if q.is_param]
 
     @property
-    def activations(self) -> List[Quantizer]:
+    def activations(self) -> List[QuantizerView]:
         return [q for q in self.quantizers if not q.is_param]
 
 
@@ -216,13 +207,14 @@ class Results:
 
     root: Path
     summary: Dict[str, Any]
-    layers: List[Layer]
-    quantizers: Dict[str, Quantizer]
+    layers: List[LayerView]
+    quantizers: Dict[str, QuantizerView]
     enabled: Dict[str, Optional[float]]
     disabled: Dict[str, Optional[float]]
     mse: Dict[str, Optional[float]]
     sqnr: Dict[str, Optional[float]]
     scores: Dict[str, Optional[float]]  # fp32, weights, activations, quantized
+    impacts: List[ranking.Impact]  # one per layer, same order
 
     @property
     def fp32(self) -> Optional[float]:
@@ -242,23 +234,13 @@ class Results:
         v = self.summary.get(key)
         return default if v is None else str(v)
 
-    def layer(self, name: str) -> Optional[Layer]:
+    def layer(self, name: str) -> Optional[LayerView]:
         return next((layer for layer in self.layers if layer.name == name), None)
 
-    def culprits(self, k: int = 5) -> List[Layer]:
-        """Layers whose quantization costs the most (only it quantized) or whose float recovers
-        the most (all but it quantized), biggest first; only layers with a positive effect."""
-        ranked = sorted((layer for layer in self.layers if layer.impact > 0),
-                        key=lambda layer: impact_order(layer.cost, layer.gain, layer.index))
-        # Effects a hundred times smaller than the top one are noise, not culprits.
-        return [layer for layer in ranked[:k] if layer.impact >= 0.01 * ranked[0].impact]
-
-
-def impact_order(cost: Optional[float], gain: Optional[float], index: int) -> Tuple[float, float, int]:
-    """The sort key that ranks culprits everywhere (dashboard, summary, CLI): the larger of the
-    loss when only the layer is quantized and the recovery when only it stays in float, then
-    the loss, then execution order."""
-    return (-max(cost or 0.0, gain or 0.0), -(cost or 0.0), index)
+    def culprits(self, k: int = 5) -> List[LayerView]:
+        """The layers qa.ranking calls culprits, biggest first: the ranking and filters of
+        summary.json's most_sensitive_layers and of the CLI."""
+        return [self.layers[i.index] for i in ranking.culprits(self.impacts, k)]
 
 
 def _owner(key: str, layer_names: List[str]) -> str:
@@ -297,14 +279,15 @@ def load_results(root: Path, json_path: Any) -> Results:
     activation_ranges = part("activation_ranges", "min_max_ranges/activations.json")
     encodings = summary.get("encodings") if isinstance(summary.get("encodings"), dict) else {}
 
-    layers: List[Layer] = []
-    for i, entry in enumerate(summary.get("layers") or []):
+    layers: List[LayerView] = []
+    for entry in summary.get("layers") or []:
         if isinstance(entry, dict) and "name" in entry:
-            layers.append(Layer(str(entry["name"]), i, str(entry.get("type") or ""), str(entry.get("op_type") or "")))
+            layers.append(LayerView(str(entry["name"]), len(layers), str(entry.get("type") or ""),
+                                    str(entry.get("op_type") or "")))
     listed = {layer.name for layer in layers}
     for name in [*enabled, *disabled, *mse]:  # no summary (an AIMET folder, a partial run): keys give the order
         if name not in listed:
-            layers.append(Layer(name, len(layers)))
+            layers.append(LayerView(name, len(layers)))
             listed.add(name)
     by_name = {layer.name: layer for layer in layers}
     names = [layer.name for layer in layers]
@@ -314,7 +297,7 @@ def load_results(root: Path, json_path: Any) -> Results:
         if isinstance(entry, dict):
             for q in entry.get("quantizers") or []:
                 owners[str(q)] = str(entry.get("name"))
-    quantizers: Dict[str, Quantizer] = {}
+    quantizers: Dict[str, QuantizerView] = {}
     for key in [*owners, *weight_ranges, *activation_ranges, *encodings]:
         key = str(key)
         if key in quantizers:
@@ -327,7 +310,7 @@ def load_results(root: Path, json_path: Any) -> Results:
         else:
             is_param = not _ACTIVATION_KEY.search(key)
         param = (key[len(layer) + 1:] if key.startswith(layer + "_") else key) if is_param else None
-        q = Quantizer(key, layer, is_param, param, encodings.get(key),
+        q = QuantizerView(key, layer, is_param, param, encodings.get(key),
                       weight_ranges.get(key) if is_param else activation_ranges.get(key))
         if q.encoding is None and q.range is None and key not in owners:
             continue
@@ -337,7 +320,7 @@ def load_results(root: Path, json_path: Any) -> Results:
             q.histogram_json = rel
         quantizers[key] = q
         if layer not in by_name:
-            by_name[layer] = Layer(layer, len(layers))
+            by_name[layer] = LayerView(layer, len(layers))
             layers.append(by_name[layer])
         by_name[layer].quantizers.append(q)
 
@@ -356,16 +339,15 @@ def load_results(root: Path, json_path: Any) -> Results:
     scores = {"fp32": num(summary.get("fp32_score")), "weights": num(summary.get("weight_quantized_score")),
               "activations": num(summary.get("activation_quantized_score")),
               "quantized": num(summary.get("quantized_score"))}
-    previous: Optional[Layer] = None
-    for layer in layers:
+    # Cost and gain come from qa.ranking, so the dashboard ranks as summary.json and the CLI do.
+    ranked = ranking.impacts([layer.name for layer in layers], scores["fp32"], scores["quantized"], enabled, disabled)
+    previous: Optional[LayerView] = None
+    for layer, impact in zip(layers, ranked):
         layer.enabled, layer.disabled = enabled.get(layer.name), disabled.get(layer.name)
         layer.mse, layer.sqnr_db = mse.get(layer.name), sqnr.get(layer.name)
-        if scores["fp32"] is not None and layer.enabled is not None:
-            layer.cost = scores["fp32"] - layer.enabled
-        if scores["quantized"] is not None and layer.disabled is not None:
-            layer.gain = layer.disabled - scores["quantized"]
+        layer.cost, layer.gain = impact.cost, impact.gain
         if layer.sqnr_db is not None:
             if previous is not None:
                 layer.sqnr_jump_db, layer.previous = layer.sqnr_db - previous.sqnr_db, previous.name
             previous = layer
-    return Results(root, summary, layers, quantizers, enabled, disabled, mse, sqnr, scores)
+    return Results(root, summary, layers, quantizers, enabled, disabled, mse, sqnr, scores, ranked)
