@@ -144,6 +144,8 @@ def main() -> None:
     t_eval = timed(lambda: evaluate(model, None), args.repeat)
     print(f"{'analyze (everything)':<30} {total:.2f} s for {evals} evaluations + calibration + MSE "
           f"({len(result.files)} files); {evals} FP32 evaluations alone take {evals * t_eval:.2f} s")
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
+    print(f"{'':<30} where the time went (s): {stages}, report {total - sum(result.seconds.values()):.2f}")
     try:
         import aimet_torch  # noqa: F401  (only whether it is installed)
         print("aimet_torch is installed, but its QuantAnalyzer timing is not wired up in this script yet")

@@ -54,7 +54,9 @@ def _x_axis(title: str, rows: int, **kwargs: Any) -> alt.Axis:
 def spec(chart: alt.TopLevelMixin, **datasets: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """The chart as a dict with its data inlined under ``datasets`` (Altair is slow with big inline data,
     so charts name their data and the rows are added here)."""
-    out = chart.to_dict()
+    # No jsonschema validation at run time (about half the time of a build): the charts are
+    # fixed code, validated and rendered in Chromium by the tests.
+    out = chart.to_dict(validate=False)
     out.pop("$schema", None)  # a URL; vega-embed is told the mode instead
     out["config"] = {**CONFIG, **out.get("config", {})}
     out.setdefault("datasets", {}).update({k: _clean(list(v)) for k, v in datasets.items()})
