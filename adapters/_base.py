@@ -30,13 +30,15 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
+from ..errors import QAValueError
 from ..graph import QuantGraph, Quantizer
 
-__all__ = ["Adapter", "ActiveSet", "FLOAT", "Observer", "Sink"]
+__all__ = ["Adapter", "ActiveSet", "FLOAT", "Observer", "Sink", "check_ignored"]
 
 Sink = Callable[[str, int, np.ndarray], None]
 
@@ -66,6 +68,22 @@ class ActiveSet:
 
 
 FLOAT = ActiveSet()  # nothing quantized
+
+
+def check_ignored(names: Iterable[str], valid: Sequence[str], what: str) -> None:
+    """Raise QAValueError when ``modules_to_ignore`` names something the model does not have: a
+    misspelt name would otherwise leave its layer quantized without a word. ``valid`` lists the
+    names that work, in the model's order; ``what`` says what they name ("a module of the model")."""
+    known = set(valid)
+    unknown = sorted({n for n in names if n not in known})
+    if not unknown:
+        return
+    listed = ", ".join(repr(n) for n in unknown)
+    verb = "is not" if len(unknown) == 1 else "are not"
+    if not valid:
+        raise QAValueError(f"modules_to_ignore: {listed} {verb} {what}: the model has no layers")
+    shown = ", ".join(repr(n) for n in list(valid)[:8]) + (f" and {len(valid) - 8} more" if len(valid) > 8 else "")
+    raise QAValueError(f"modules_to_ignore: {listed} {verb} {what}; valid names are {shown}")
 
 
 class Adapter(abc.ABC):

@@ -13,7 +13,12 @@ weight assigns the prepared values to the clone's variable (the original values 
 it is switched off), and the folding arithmetic is :func:`qa.folding.fold_batch_norm`.
 
 Batch norms are folded into a Dense, Conv, DepthwiseConv or SeparableConv layer they alone
-read (into the pointwise kernel of a separable conv).
+read (into the pointwise kernel of a separable conv), and called once, with no variable shared.
+
+A layer object called several times in a Functional graph is one layer per call (``name``,
+``name/call_1``, ...: the order ``Functional`` runs its nodes in), each with its own activation
+quantizers and one set of variable quantizers shared by its calls. The clone always runs in
+inference mode: a callback's ``model(x, training=True)`` runs with ``training=False``.
 
 Names: layers are keyed by ``layer.name`` (as AIMET Keras). Kernels become the ``weight``
 parameter (``<layer>_weight``, so that a quantsim config's ``params.weight`` applies), biases
@@ -24,6 +29,7 @@ their Keras name. Per-channel axis: the last kernel axis (Keras kernels are ``[.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -32,9 +38,9 @@ import keras
 
 from ..errors import QAValueError
 from ..folding import fold_batch_norm
-from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
+from ..graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer, call_name
 from . import register
-from ._base import Adapter, ActiveSet, FLOAT
+from ._base import Adapter, ActiveSet, FLOAT, check_ignored
 
 __all__ = ["KerasAdapter"]
 
@@ -157,8 +163,58 @@ def _functional_class() -> Any:
 
 # ---- the graph of the user's model -------------------------------------------------------------
 
+class _Call:
+    """One call of a layer (a node of the Keras graph): what feeds it and what it makes."""
+
+    __slots__ = ("op", "index", "parents", "n_outputs", "model_output")
+
+    def __init__(self, op: Any, index: int) -> None:
+        self.op = op
+        self.index = index  # the k-th call of op in a forward pass, from 0
+        self.parents: List[Optional["_Call"]] = []  # None: a model input
+        self.n_outputs = 1
+        self.model_output = False
+
+    @property
+    def name(self) -> str:
+        return call_name(self.op.name, self.index)
+
+
+def _call_order(calls: List[_Call], position: Dict[int, int]) -> List[_Call]:
+    """The calls in a valid execution order that keeps the model's operation order where it can
+    (Kahn's algorithm, the earliest operation first; a layer's calls in their own order)."""
+    index = {id(c): i for i, c in enumerate(calls)}
+    deps: Dict[int, Set[int]] = {i: set() for i in range(len(calls))}
+    previous: Dict[int, int] = {}
+    for i, c in enumerate(calls):
+        deps[i].update(index[id(p)] for p in c.parents if p is not None)
+        if id(c.op) in previous:
+            deps[i].add(previous[id(c.op)])
+        previous[id(c.op)] = i
+    users: Dict[int, List[int]] = {}
+    for i, ds in deps.items():
+        for d in ds:
+            users.setdefault(d, []).append(i)
+
+    def key(i: int) -> Tuple[int, int, int]:
+        return (position.get(id(calls[i].op), len(position)), calls[i].index, i)
+
+    ready = [key(i) for i, ds in deps.items() if not ds]
+    heapq.heapify(ready)
+    order: List[_Call] = []
+    while ready:
+        i = heapq.heappop(ready)[2]
+        order.append(calls[i])
+        for j in users.get(i, []):
+            deps[j].discard(i)
+            if not deps[j]:
+                heapq.heappush(ready, key(j))
+    return order
+
+
 class _Topology:
-    """Execution order, callers (inbound layers), calls and model inputs/outputs of a Keras model."""
+    """Execution order, callers (inbound layers), calls and model inputs/outputs of a Keras model;
+    ``call_list`` is every call of every layer (a layer called twice is two entries), in execution order."""
 
     def __init__(self, model: Any) -> None:
         self.order: List[Any] = []          # layers (and functional ops) in execution order
@@ -166,21 +222,33 @@ class _Topology:
         self.calls: Dict[int, int] = {}
         self.readers: Dict[int, Set[int]] = {}  # id(op) -> ids of ops reading its outputs
         self.outputs: Set[int] = set()       # ids of ops making a model output
+        self.call_list: List[_Call] = []
         if isinstance(model, keras.Sequential):
             prev = None
             for layer in model.layers:
                 self.order.append(layer)
                 self.calls[id(layer)] = 1
                 self.inputs[id(layer)] = [prev] if prev is not None else [None]  # None: the model input
+                call = _Call(layer, 0)
+                call.parents = [self.call_list[-1] if self.call_list else None]
+                try:
+                    call.n_outputs = max(1, len(_flat(layer.output)))
+                except Exception:  # a layer without a symbolic output
+                    pass
+                self.call_list.append(call)
                 if prev is not None:
                     self.readers.setdefault(id(prev), set()).add(id(layer))
                 prev = layer
             if prev is not None:
                 self.outputs.add(id(prev))
+                self.call_list[-1].model_output = True
             return
         nodes_by_depth = getattr(model, "_nodes_by_depth", None)
         if nodes_by_depth is None:
             raise QAValueError("qa needs a Functional or Sequential Keras model")
+        output_ids = {id(t) for t in model.outputs}
+        by_node: Dict[int, _Call] = {}
+        # the order Functional._run_through_graph runs the nodes in: the k-th call here is the k-th at run time
         for depth in sorted(nodes_by_depth, reverse=True):
             for node in nodes_by_depth[depth]:
                 op = node.operation
@@ -190,15 +258,23 @@ class _Topology:
                     self.order.append(op)
                     self.calls[id(op)] = 0
                     self.inputs[id(op)] = []
+                call = by_node[id(node)] = _Call(op, self.calls[id(op)])
                 self.calls[id(op)] += 1
+                outs = list(getattr(node, "outputs", []) or [])
+                call.n_outputs = max(1, len(outs))
+                call.model_output = any(id(t) in output_ids for t in outs)
                 for parent in node.parent_nodes:
                     src = parent.operation
                     self.inputs[id(op)].append(None if isinstance(src, L.InputLayer) else src)
+                    call.parents.append(None if isinstance(src, L.InputLayer) else by_node.get(id(parent)))
                     if not isinstance(src, L.InputLayer):
                         self.readers.setdefault(id(src), set()).add(id(op))
-        # keep model.layers order for layers (a valid execution order for functional graphs)
-        position = {id(layer): i for i, layer in enumerate(model.layers)}
+                self.call_list.append(call)
+        # keep the model's operation order (a valid execution order for functional graphs)
+        operations = list(getattr(model, "operations", None) or model.layers)
+        position = {id(op): i for i, op in enumerate(operations)}
         self.order.sort(key=lambda op: position.get(id(op), len(position)))
+        self.call_list = _call_order(self.call_list, position)
         for t in model.outputs:
             history = getattr(t, "_keras_history", None)
             if history is not None:
@@ -210,31 +286,60 @@ def _channel_axis_of_output(layer: Any) -> int:
     return 1 if fmt == "channels_first" else -1
 
 
-def _bn_pairs(topo: _Topology) -> List[Tuple[Any, Any]]:
-    """(layer, bn) pairs: the bn reads exactly the layer's output and nothing else reads it."""
+def _holders(topo: _Topology) -> Dict[int, List[str]]:
+    """id(variable) -> the layers (nested models included) that hold it: more than one, a shared variable."""
+    holders: Dict[int, List[str]] = {}
+    for op in topo.order:
+        for v in getattr(op, "weights", None) or []:
+            names = holders.setdefault(id(v), [])
+            if op.name not in names:
+                names.append(op.name)
+    return holders
+
+
+def _why_not_foldable(topo: _Topology, src: Any, bn: Any, holders: Dict[int, List[str]]) -> Optional[str]:
+    """Why folding ``bn`` into ``src`` would change more than the pair (None: it would not)."""
+    if topo.calls[id(bn)] != 1:
+        return f"{bn.name} is called {topo.calls[id(bn)]} times"
+    if topo.calls[id(src)] != 1:
+        return f"{src.name} is called {topo.calls[id(src)]} times and one kernel serves every call"
+    for v in src.weights:
+        others = [n for n in holders.get(id(v), []) if n != src.name]
+        if others:
+            return f"its variable {_var_name(v)} is shared with {', '.join(others)}"
+    return None
+
+
+def _bn_pairs(topo: _Topology) -> Tuple[List[Tuple[Any, Any]], List[Tuple[str, str, str]]]:
+    """(layer, bn) pairs: the bn reads exactly the layer's output and nothing else reads it; and
+    (bn, layer, reason) for such pairs that must not fold (a layer called twice, a shared variable)."""
     pairs = []
+    refused: List[Tuple[str, str, str]] = []
+    holders = _holders(topo)
     for bn in topo.order:
-        if not isinstance(bn, L.BatchNormalization) or topo.calls[id(bn)] != 1:
+        if not isinstance(bn, L.BatchNormalization):
             continue
         ins = topo.inputs[id(bn)]
-        if len(ins) != 1 or ins[0] is None:
+        if not ins or ins[0] is None or any(src is not ins[0] for src in ins):
             continue
         src = ins[0]
-        if (not isinstance(src, _FOLDABLE) or topo.calls[id(src)] != 1 or not _is_linear(src)
+        if (not isinstance(src, _FOLDABLE) or not _is_linear(src)
                 or topo.readers.get(id(src)) != {id(bn)} or id(src) in topo.outputs):
+            continue
+        reason = _why_not_foldable(topo, src, bn, holders)
+        if reason is not None:
+            refused.append((bn.name, src.name, reason))
             continue
         try:
             rank = len(src.output.shape)
         except Exception:
             continue
         axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
-        if axis is None:
-            continue
         want = _channel_axis_of_output(src) if not isinstance(src, L.Dense) else -1
-        if axis % rank != want % rank:
+        if len(ins) != 1 or axis is None or axis % rank != want % rank:
             continue
         pairs.append((src, bn))
-    return pairs
+    return pairs, refused
 
 
 def _np(v: Any) -> np.ndarray:
@@ -337,21 +442,25 @@ class KerasAdapter(Adapter):
         super().__init__()
         self._check_model(model)
         self.dummy_input = dummy_input
-        ignored = self._ignored_names(model, modules_to_ignore)
         topo = _Topology(model)
-        pairs = _bn_pairs(topo)
+        ignored = self._ignored_names(topo, modules_to_ignore)
+        pairs, refused = _bn_pairs(topo)
+        for bn, layer, reason in refused:
+            log.info("batch norm %s is not folded into %s: %s", bn, layer, reason)
         self.model, clones = _clone(model, topo, pairs)
         if pairs:
             log.info("folded %d batch norm(s): %s", len(pairs), ", ".join(f"{bn.name} -> {c.name}" for c, bn in pairs))
         self._layers: Dict[str, Any] = {}
         self.graph = self._build_graph(topo, clones, {id(bn) for _, bn in pairs}, ignored)
         self.graph.folded_batch_norms = [(bn.name, c.name) for c, bn in pairs]
+        self.graph.unfolded_batch_norms = refused
         self._quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
         # parameter quantizer -> its float32 (folded) values: what weights() gives and an inactive variable holds
         self._originals: Dict[str, np.ndarray] = {q.name: _np(self._variables[q.name]).astype(np.float32)
-                                                   for layer in self.graph.layers for q in layer.params}
+                                                   for q in self.graph.quantizers() if q.is_param}
+        self._counts: Dict[str, int] = {}  # layer -> its calls so far in the running forward pass
         self._patched: List[Tuple[Any, Any]] = []
-        self._patch()
+        self._patch(topo)
 
     # -- construction --
 
@@ -369,81 +478,95 @@ class KerasAdapter(Adapter):
             raise QAValueError("the Keras model is not built: give it a keras.Input or call it once on data")
 
     @staticmethod
-    def _ignored_names(model: Any, layers: Any) -> Set[str]:
+    def _ignored_names(topo: _Topology, layers: Any) -> Set[str]:
+        """Layer names (or ``<layer>/call_<k>`` names) to leave unquantized; each must name a layer of the model."""
         names: Set[str] = set()
         for item in layers or ():
             if isinstance(item, str):
                 names.add(item)
             elif isinstance(item, keras.layers.Layer):
+                if all(item is not op for op in topo.order):
+                    raise QAValueError(f"modules_to_ignore: layer '{item.name}' ({type(item).__name__}) is not a "
+                                       f"layer of this model")
                 names.add(item.name)
             else:
                 raise QAValueError(f"modules_to_ignore: {type(item).__name__} is not a Keras layer or a layer name")
+        valid = [op.name for op in topo.order if isinstance(op, keras.layers.Layer)]
+        check_ignored(names, valid + [c.name for c in topo.call_list if c.index], "a layer of the model")
         return names
 
     def _build_graph(self, topo: _Topology, clones: Dict[int, Any], folded: Set[int], ignored: Set[str]) -> QuantGraph:
+        """One layer per call of a Keras layer; the variables of a layer called several times are
+        quantizers shared by its calls (named after the first)."""
         layers: List[Layer] = []
         unquantized: Dict[str, int] = {}
         self._variables: Dict[str, Any] = {}
+        self._sites: Dict[str, List[Optional[Tuple[str, List[Quantizer], List[Quantizer]]]]] = {}
         skipped = folded | {id(op) for op in topo.order if isinstance(op, L.Identity)}
+        params: Dict[int, List[Quantizer]] = {}  # id(op) -> its parameter quantizers
 
-        def producers(op: Any) -> List[str]:
-            """The nearest quantizable layers upstream (through skipped layers such as folded BNs)."""
+        def producers(call: _Call) -> List[str]:
+            """The nearest quantizable calls upstream (through skipped layers such as folded BNs)."""
             names: List[str] = []
-            for src in topo.inputs[id(op)]:
+            for src in call.parents:
                 if src is None:
                     continue
-                if id(src) in skipped:
-                    names.extend(producers(src))
-                elif src.name not in names:
-                    names.append(src.name)
+                for name in (producers(src) if id(src.op) in skipped else [src.name]):
+                    if name not in names:
+                        names.append(name)
             return names
 
-        def reads_input(op: Any) -> bool:
-            return any(src is None or (id(src) in skipped and reads_input(src)) for src in topo.inputs[id(op)])
+        def reads_input(call: _Call) -> bool:
+            return any(src is None or (id(src.op) in skipped and reads_input(src)) for src in call.parents)
 
-        for op in topo.order:
+        for call in topo.call_list:
+            op = call.op
             if not isinstance(op, keras.layers.Layer):
                 name = getattr(op, "name", type(op).__name__)
                 unquantized[name] = unquantized.get(name, 0) + 1
                 continue
-            if id(op) in skipped or op.name in ignored:
+            sites = self._sites.setdefault(op.name, [])
+            if id(op) in skipped or op.name in ignored or call.name in ignored:
+                sites.append(None)
                 continue
             clone = clones[id(op)]
-            layer = Layer(name=op.name, op_type=op_type_of(op), type_name=type(op).__name__, calls=topo.calls[id(op)])
-            layer.inputs = [n for n in producers(op)]
-            layer.model_input = reads_input(op)
-            layer.model_output = id(op) in topo.outputs
-            if not isinstance(op, keras.Model):
-                for v in clone.trainable_weights:
-                    if not _is_float(v):
-                        continue
-                    vname = _var_name(v)
-                    pname = _PARAM_NAMES.get(vname, vname)
-                    qname = f"{op.name}_{pname}"
-                    if qname in self._variables:
-                        continue
-                    shape = tuple(int(d) for d in v.shape)
-                    layer.quantizers.append(Quantizer(name=qname, layer=op.name, kind=PARAM, param=pname, shape=shape,
-                                                      axis=_weight_axis(op, vname, len(shape))))
-                    self._variables[qname] = v
+            layer = Layer(name=call.name, op_type=op_type_of(op), type_name=type(op).__name__,
+                          calls=topo.calls[id(op)], call=call.index)
+            layer.inputs = producers(call)
+            layer.model_input = reads_input(call)
+            layer.model_output = call.model_output
+            if id(op) not in params and not isinstance(op, keras.Model):
+                params[id(op)] = self._params(op, clone, call.name)
+            layer.quantizers.extend(params.get(id(op), []))
             if layer.model_input:
-                layer.quantizers.append(Quantizer(name=f"{op.name}_input_0", layer=op.name, kind=INPUT, index=0))
-            n_out = max(1, len(_flat(op.output))) if self._has_output(op) else 1
-            for i in range(n_out):
-                layer.quantizers.append(Quantizer(name=f"{op.name}_output_{i}", layer=op.name, kind=OUTPUT, index=i))
+                layer.quantizers.append(Quantizer(name=f"{call.name}_input_0", layer=call.name, kind=INPUT, index=0))
+            for i in range(call.n_outputs):
+                layer.quantizers.append(Quantizer(name=f"{call.name}_output_{i}", layer=call.name, kind=OUTPUT,
+                                                  index=i))
             layers.append(layer)
+            sites.append((call.name, [q for q in layer.quantizers if q.kind == INPUT],
+                          [q for q in layer.quantizers if q.kind == OUTPUT]))
             self._layers[op.name] = clone
         graph = QuantGraph(layers)
         graph.unquantized_ops = sorted(f"{n} (x{c})" if c > 1 else n for n, c in unquantized.items())
         return graph
 
-    @staticmethod
-    def _has_output(op: Any) -> bool:
-        try:
-            op.output
-            return True
-        except Exception:
-            return False
+    def _params(self, op: Any, clone: Any, layer: str) -> List[Quantizer]:
+        """The parameter quantizers of a layer's float variables (kernels as ``weight``, biases as ``bias``)."""
+        out: List[Quantizer] = []
+        for v in clone.trainable_weights:
+            if not _is_float(v):
+                continue
+            vname = _var_name(v)
+            pname = _PARAM_NAMES.get(vname, vname)
+            qname = f"{layer}_{pname}"
+            if qname in self._variables:
+                continue
+            shape = tuple(int(d) for d in v.shape)
+            out.append(Quantizer(name=qname, layer=layer, kind=PARAM, param=pname, shape=shape,
+                                 axis=_weight_axis(op, vname, len(shape))))
+            self._variables[qname] = v
+        return out
 
     # -- the quantizers, patched into the clone's layer calls --
 
@@ -454,19 +577,37 @@ class KerasAdapter(Adapter):
         quantized = self._activation(q.name, lambda: _to_numpy(t))
         return t if quantized is None else _from_numpy(quantized, t)
 
-    def _patch(self) -> None:
-        for layer in self.graph.layers:
-            clone = self._layers[layer.name]
-            outs = [q for q in layer.quantizers if q.kind == OUTPUT]
-            ins = [q for q in layer.quantizers if q.kind == INPUT]
+    def _patch(self, topo: _Topology) -> None:
+        for name, clone in self._layers.items():
             original = clone.call
-            clone.call = self._wrapped(layer.name, original, ins, outs)
+            clone.call = self._wrapped(name, original, self._sites[name])
             self._patched.append((clone, original))
+        original = self.model.call
+        self.model.call = self._root(original)
+        self._patched.append((self.model, original))
 
-    def _wrapped(self, name: str, call: Callable[..., Any], ins: List[Quantizer], outs: List[Quantizer]):
+    def _root(self, call: Callable[..., Any]):
+        """The clone's own call: each forward pass counts layer calls from 0, always in inference mode."""
+        adapter = self
+
+        def inference_call(*args, **kwargs):
+            adapter._counts.clear()
+            if "training" in kwargs:
+                kwargs["training"] = False  # a callback's training=True would turn dropout on and update BN statistics
+            return call(*args, **kwargs)
+
+        return inference_call
+
+    def _wrapped(self, name: str, call: Callable[..., Any], sites: List[Any]):
         adapter = self
 
         def quantized_call(*args, **kwargs):
+            k = adapter._counts.get(name, 0)
+            adapter._counts[name] = k + 1
+            site = sites[min(k, len(sites) - 1)]
+            if site is None:
+                return call(*args, **kwargs)
+            layer, ins, outs = site
             if ins and args:
                 first = args[0]
                 if isinstance(first, (list, tuple)):  # merge layers take a list of inputs
@@ -477,8 +618,9 @@ class KerasAdapter(Adapter):
             output = call(*args, **kwargs)
             tensors = _flat(output)
             if any(_is_symbolic(t) for t in tensors):
-                return output  # building a graph (clone_model, keras.Model(...)): nothing to quantize
-            result = adapter._layer_outputs(name, tensors, outs, _is_float, _to_numpy, _from_numpy)
+                adapter._counts[name] = k  # building a graph (clone_model, keras.Model(...)): no call to count
+                return output
+            result = adapter._layer_outputs(layer, tensors, outs, _is_float, _to_numpy, _from_numpy)
             return keras.tree.pack_sequence_as(output, result) if not _is_float(output) else result[0]
 
         return quantized_call

@@ -205,6 +205,13 @@ def fake_quantize(x, scale, offset, bitwidth, axis, out, rounding, steps, name) 
             raise QAValueError(f"{where(name)}out has shape {vo.shape}, x has shape {vx.shape}")
         if vo.readonly:
             raise QAValueError(f"{where(name)}out is read-only")
+        nbytes = 4 * vx.size
+        if vx.size > 0 and vo.ptr != vx.ptr and vo.ptr < vx.ptr + nbytes and vx.ptr < vo.ptr + nbytes:
+            # The kernel reads and writes element by element in parallel: only out == x is safe.
+            raise QAValueError(
+                f"{where(name)}out partly overlaps x on the device; pass out=x to quantize in "
+                f"place, or a separate array"
+            )
         stream = _work_stream(vx, vo)
     if vx.size == 0:  # nothing to compute (an empty channel axis included)
         return dst

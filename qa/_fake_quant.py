@@ -7,7 +7,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _device, _memory
-from ._arrays import as_float32, channel_layout, check_bitwidth, check_quant_params, normalize_axis, num_steps, where
+from ._arrays import (as_float32, channel_layout, check_bitwidth, check_quant_params, float_array,
+                      normalize_axis, num_steps, where)
 from .errors import QAValueError
 
 ROUNDING = {"half_even": 0, "half_away": 1, "half_away_from_zero": 1}
@@ -27,13 +28,15 @@ def fake_quantize(
     and +-inf clamp to the ends of the grid.
 
     Args:
-        x: array of floats (float32; other float dtypes are converted and the result is
-            returned in x's dtype), or a CUDA device array.
+        x: array of floats (float32; other float dtypes, ml_dtypes' bfloat16 and float8
+            included, are converted and the result is returned in x's dtype), or a CUDA
+            device array.
         scale: positive scale, a scalar or one per channel along ``axis``.
         offset: integer offset, a scalar or one per channel.
         bitwidth: 2 to 32.
         axis: channel axis for per-channel quantization (any axis, negative allowed).
-        out: optional float32 C-contiguous array of x's shape to write into (may be x).
+        out: optional float32 C-contiguous array of x's shape to write into (may be x; one
+            that partly overlaps x is written from a copy of x).
         rounding: "half_even" (default, as torch) or "half_away" (AIMET v1's C++).
         strict: strict symmetric grid (one level fewer: ``2^bw - 2`` steps).
         name: quantizer name used in error messages.
@@ -47,13 +50,13 @@ def fake_quantize(
         >>> fake_quantize(w, scale=[0.1, 0.5], offset=-128, bitwidth=8, axis=0).tolist()
         [[0.10000000149011612, -0.30000001192092896], [2.0, 1.0]]
     """
-    if rounding not in ROUNDING:
+    if not isinstance(rounding, str) or rounding not in ROUNDING:
         raise QAValueError(f"{where(name)}rounding must be one of {sorted(ROUNDING)}, got {rounding!r}")
     bw = check_bitwidth(bitwidth, name)
     steps = num_steps(bw, strict)
     if _device.is_device_array(x):
         return _device.fake_quantize(x, scale, offset, bw, axis, out, ROUNDING[rounding], steps, name)
-    arr = np.asarray(x)
+    arr = float_array(x, name=name)
     src = as_float32(arr, name=name)
     layout = None
     if axis is not None:
@@ -73,6 +76,14 @@ def fake_quantize(
         if not out.flags.writeable:
             raise QAValueError(f"{where(name)}out is read-only")
         dst = out
+        if dst is not src and np.may_share_memory(src, dst):  # O(1): compares the bounds only
+            # Both are C-contiguous, so overlapping bounds mean shared elements. The same
+            # elements (out is x, or a view of all of it) quantize in place; a partial overlap
+            # would overwrite inputs before they are read, so it works from a copy.
+            if src.__array_interface__["data"][0] != dst.__array_interface__["data"][0]:
+                copy = _memory.empty(src.shape)
+                np.copyto(copy, src)
+                src = copy
     if src.size == 0:
         pass  # nothing to quantize (an empty tensor or an empty channel axis)
     elif layout is None:
@@ -81,6 +92,7 @@ def fake_quantize(
     else:
         _core.fake_quant_per_channel(src, dst, *layout, scale_v, offset_v, steps,
                                      ROUNDING[rounding], use_double)
-    if out is None and arr.dtype != np.float32 and np.issubdtype(arr.dtype, np.floating):
-        return dst.astype(arr.dtype)
+    if out is None and arr.dtype != np.float32:
+        with np.errstate(over="ignore"):  # a grid end beyond float16's range becomes inf
+            return dst.astype(arr.dtype)
     return dst

@@ -16,6 +16,7 @@ from .graph import PARAM
 from .observers import ErrorStats, Histogram
 from .adapters import adapter_class
 from .adapters._base import FLOAT
+from ._runs import SCORE_KEYS, PreviousRun, fingerprint, nonfinite_scores
 from .ranking import Impact, culprits, impacts
 from .report import SUMMARY_SCHEMA_VERSION, ResultsDir, histogram_record
 from .sim import CallbackFunc, QuantScheme, QuantSim, as_callback, call_user
@@ -57,11 +58,16 @@ class AnalysisResult:
     unquantized_ops: List[str] = field(default_factory=list)
     folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)
     unused_quantizers: List[str] = field(default_factory=list)
+    nonfinite_quantizers: List[str] = field(default_factory=list)
+    active_quantizers: int = 0
+    problems: List[str] = field(default_factory=list)
     encodings: Dict[str, Any] = field(default_factory=dict)
     files: List[Path] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     status: str = "running"
     error: Optional[str] = None
+    fingerprint: Optional[str] = None
+    reused_evaluations: int = 0
 
     def most_sensitive_layers(self, k: int = 3) -> List[str]:
         """Layers whose quantization costs the most: the larger of the loss when only the layer is
@@ -75,10 +81,13 @@ class AnalysisResult:
                        self.per_layer_quant_enabled, self.per_layer_quant_disabled)
 
     def summary(self) -> Dict[str, Any]:
+        """Everything, as ``summary.json`` stores it (NaN/inf scores: null, with the reason in
+        ``nonfinite_scores``; ``files``: exactly this run's files, relative to the folder)."""
         data = asdict(self)
         data["schema_version"] = SUMMARY_SCHEMA_VERSION
         data["most_sensitive_layers"] = self.most_sensitive_layers(5)
-        data["files"] = [str(p.relative_to(self.results_dir)) for p in self.files]
+        data["nonfinite_scores"] = nonfinite_scores(self)
+        data["files"] = sorted({p.relative_to(self.results_dir).as_posix() for p in self.files} | {"summary.json"})
         return data
 
 
@@ -94,6 +103,27 @@ def _model_inputs(batch: Any) -> Any:
             raise QAValueError("an empty tuple/list batch has no inputs")
         return batch[0]
     return batch
+
+
+def _score_problems(result: AnalysisResult) -> List[str]:
+    """Scores that are NaN or infinite, in plain words (they rank first among the culprits)."""
+    bad = nonfinite_scores(result)
+    out = []
+    scores = bad.get("scores", {})
+    if len(scores) == len(SCORE_KEYS):
+        out.append("every score is NaN or infinite: the model or eval_callback fails even in FP32")
+    elif "fp32_score" in scores:
+        out.append(f"the FP32 score is {scores['fp32_score']}: check the model and eval_callback")
+    elif scores:
+        out.append(", ".join(f"the {k.replace('_', ' ')} is {v}" for k, v in scores.items()))
+    for key, text in (("per_layer_quant_enabled", "quantizing only {} makes the score {}"),
+                      ("per_layer_quant_disabled", "with every layer but {} quantized, the score is {}")):
+        layers = bad.get(key, {})
+        named = [text.format(name, value) for name, value in list(layers.items())[:10]]
+        if len(layers) > 10:
+            named.append(f"and {len(layers) - 10} more layer(s)")
+        out += named
+    return out
 
 
 class QuantAnalyzer:
@@ -188,23 +218,30 @@ class QuantAnalyzer:
         log.info("FP32 score %.4f, weight-quantized %.4f, activation-quantized %.4f", fp32, weights, acts)
         return fp32, weights, acts
 
-    def _sweep(self, sim: QuantSim, results: Optional[ResultsDir], enable: bool) -> Dict[str, float]:
+    def _sweep(self, sim: QuantSim, results: Optional[ResultsDir], enable: bool,
+               done: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+        """Score every layer with only its quantizers on (enable) or off; ``done`` holds scores a
+        previous run of the same fingerprint finished. Each finished layer is written at once."""
         what = "enabling" if enable else "disabling"
         file = "per_layer_quant_enabled.json" if enable else "per_layer_quant_disabled.json"
         everything = sim.enabled
         layers = [layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)]
+        done = done or {}
         scores: Dict[str, float] = {}
         with Progress(len(layers), f"per-layer {what}", self.progress) as bar:
-            try:
-                for name in layers:
+            for name in layers:
+                if name in done:
+                    scores[name] = done[name]
+                else:
                     own = sim.layer_quantizers(name)
                     sim.set_active(own if enable else everything - own)
-                    scores[name] = sim.evaluate(self.eval_callback,
-                                                f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
-                    bar.update(note=name)
-            finally:
-                if results is not None:  # whatever finished is kept, also when a callback failed
-                    results.write_json(scores, file)
+                    scores[name] = sim.evaluate(
+                        self.eval_callback, f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
+                    if results is not None:  # on disk as soon as it is known: a killed run keeps it
+                        results.write_json(scores, file)
+                bar.update(note=name)
+        if results is not None:
+            results.write_json(scores, file)
         return scores
 
     def perform_per_layer_analysis_by_enabling_quant_wrappers(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
@@ -280,16 +317,7 @@ class QuantAnalyzer:
                 stats.setdefault(layer, ErrorStats(name=layer)).update(ref, array)
 
         def forward(batch: Any) -> None:
-            if self.forward_fn is not None:
-                call_user(CallbackFunc(self.forward_fn, batch), sim.model, "forward_fn")
-            else:
-                try:
-                    sim.adapter.run(_model_inputs(batch))
-                except Exception as e:
-                    raise QACallbackError(
-                        f"per-layer MSE: the model failed on a batch of the unlabeled data ({type(e).__name__}: {e}); "
-                        f"a batch is the inputs or (inputs, label); pass forward_fn=fn(model, batch) for other "
-                        f"layouts such as several inputs") from e
+            self._mse_forward(sim, batch)
 
         everything = sim.enabled
         batches = 0
@@ -314,13 +342,41 @@ class QuantAnalyzer:
         results.write_json(mse, "per_layer_mse_loss.json")
         return mse
 
+    def _mse_forward(self, sim: QuantSim, batch: Any) -> None:
+        """One batch of the MSE data through the simulation, as set."""
+        if self.forward_fn is not None:
+            call_user(CallbackFunc(self.forward_fn, batch), sim.model, "forward_fn")
+            return
+        try:
+            sim.adapter.run(_model_inputs(batch))
+        except QAError:
+            raise
+        except Exception as e:
+            raise QACallbackError(
+                f"per-layer MSE: the model failed on a batch of the unlabeled data ({type(e).__name__}: {e}); "
+                f"a batch is the inputs or (inputs, label); pass forward_fn=fn(model, batch) for other "
+                f"layouts") from e
+
+    def _check_mse_data(self, sim: QuantSim) -> None:
+        """Run one batch of the MSE data before the long work, so that empty or unusable data fails now."""
+        data = self._mse_data
+        it = iter(data)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise QAValueError("the unlabeled dataset for per-layer MSE yielded no batches") from None
+        if it is data:  # a one-shot iterator (a generator): keep the batch taken here
+            self._mse_data = itertools.chain([first], it)
+        sim.set_active(())
+        self._mse_forward(sim, first)
+
     # -- everything --
 
     def analyze(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                 default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
                 percentile: float = 99.99, rounding: str = "half_even",
-                rounding_mode: Optional[str] = None) -> AnalysisResult:
+                rounding_mode: Optional[str] = None, resume: bool = True) -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -333,6 +389,11 @@ class QuantAnalyzer:
             rounding: "half_even" (torch, AIMET v2) or "half_away" (AIMET v1).
             rounding_mode: AIMET Keras's name: "nearest" is round half to even; "stochastic"
                 rounding is not simulated.
+            resume: reuse the finished evaluations of an earlier run in ``results_dir`` (one that
+                was killed, say) when its fingerprint (qa version, folded weights, quantizer
+                settings and encodings, these arguments) matches; ``False`` evaluates everything
+                (do that when only the evaluation data changed). Either way this run replaces
+                the earlier run's files.
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -351,6 +412,7 @@ class QuantAnalyzer:
         graph = self.adapter.graph
         result.unquantized_ops = list(graph.unquantized_ops)
         result.folded_batch_norms = list(graph.folded_batch_norms)
+        previous = PreviousRun.read(results)
 
         def timed(label: str, fn: Callable[[], Any]) -> Any:
             t = time.perf_counter()
@@ -359,46 +421,91 @@ class QuantAnalyzer:
             finally:
                 result.seconds[label] = round(time.perf_counter() - t, 4)
 
+        failed = False
         try:
             sim = timed("calibration", lambda: self.create_quantsim(scheme, default_param_bw, output_bw, config_file,
                                                                      percentile=percentile, rounding=rounding))
-            result.layers = [{"name": layer.name, "type": layer.type_name, "op_type": layer.op_type,
-                              "quantizers": sorted(sim.layer_quantizers(layer.name))} for layer in graph.layers]
-            result.unused_quantizers = list(sim.unused)
-            result.encodings = sim.encodings()
-            (result.fp32_score, result.weight_quantized_score,
-             result.activation_quantized_score) = timed("sensitivity", lambda: self.check_model_sensitivity_to_quantization(sim))
-            sim.set_active(sim.enabled)
-            result.quantized_score = sim.evaluate(self.eval_callback, "eval_callback (fully quantized model)")
+            settings = {"scheme": scheme.value, "param_bw": result.default_param_bw, "output_bw": result.default_output_bw,
+                        "percentile": percentile, "rounding": sim.rounding, "framework": self.adapter.framework}
+            result.fingerprint = fingerprint(self.adapter.weights(), sim.quantizers.values(), settings)
+            reuse = previous.reusable(result.fingerprint) if resume else PreviousRun()
+            for file in previous.files:  # this run owns the folder: the previous run's files go
+                results.remove(file)
+            self._describe(sim, result)
             self._write_summary(results, result)
-            result.per_layer_quant_enabled = timed(
-                "per_layer_enabled", lambda: self._sweep(sim, results, True))
-            result.per_layer_quant_disabled = timed(
-                "per_layer_disabled", lambda: self._sweep(sim, results, False))
+            if self._mse_data is not None:
+                self._check_mse_data(sim)
+            timed("sensitivity", lambda: self._scores(sim, result, results, reuse))
+            result.per_layer_quant_enabled = timed("per_layer_enabled", lambda: self._sweep(
+                sim, results, True, reuse.sweeps.get("per_layer_quant_enabled")))
+            self._write_summary(results, result)
+            result.per_layer_quant_disabled = timed("per_layer_disabled", lambda: self._sweep(
+                sim, results, False, reuse.sweeps.get("per_layer_quant_disabled")))
+            result.reused_evaluations = reuse.evaluations
+            if reuse.evaluations:
+                log.info("resumed: %d finished evaluation(s) of an earlier run with the same model, settings and qa "
+                         "version were reused from %s", reuse.evaluations, results.root)
+            self._write_summary(results, result)
             result.weight_ranges, result.activation_ranges = timed(
                 "min_max_ranges", lambda: self.export_per_layer_encoding_min_max_range(sim, results))
             if scheme is not QuantScheme.post_training_tf:
                 timed("histograms", lambda: self.export_per_layer_stats_histogram(sim, results))
             if self._mse_data is not None:
+                self._write_summary(results, result)
                 result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
                 result.per_layer_sqnr_db = dict(self._sqnr)
+            result.problems += _score_problems(result)
             result.status = "complete"
         except BaseException as e:  # also KeyboardInterrupt: what finished is kept and said so
+            failed = True
             result.status, result.error = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
             self.adapter.activate(FLOAT)  # leave the analysis copy in float
-            result.files = list(results.written)
-            self._write_summary(results, result)
+            try:
+                self._write_summary(results, result)
+            except Exception as e:
+                if not failed:
+                    raise
+                log.error("could not record the failure in summary.json (%s)", e)  # never mask the first error
         from .report import try_build_html  # HTML from the JSON just written; a failure there is a warning
 
-        result.files += try_build_html(results.root)
+        pages = try_build_html(results.root)
+        self._write_summary(results, result, pages)  # now listing the pages too
         self._log_summary(result)
         return result
 
-    def _write_summary(self, results: ResultsDir, result: AnalysisResult) -> None:
+    def _describe(self, sim: QuantSim, result: AnalysisResult) -> None:
+        """What the simulation is: layers, quantizers, encodings and what went wrong with the data."""
+        result.layers = [{"name": layer.name, "type": layer.type_name, "op_type": layer.op_type,
+                          "quantizers": sorted(sim.layer_quantizers(layer.name))} for layer in sim.graph.layers]
+        result.unused_quantizers = list(sim.unused)
+        result.nonfinite_quantizers = list(sim.nonfinite_only)
+        result.active_quantizers = len(sim.enabled)
+        result.problems = sim.problems()
+        result.encodings = sim.encodings()
+
+    def _scores(self, sim: QuantSim, result: AnalysisResult, results: ResultsDir, reuse: PreviousRun) -> None:
+        """FP32, weights-only, activations-only and fully quantized scores, each on disk once known."""
+        plan = {"fp32_score": ((), "FP32 model"), "weight_quantized_score": (sim.param_quantizers(), "weight-quantized model"),
+                "activation_quantized_score": (sim.activation_quantizers(), "activation-quantized model"),
+                "quantized_score": (sim.enabled, "fully quantized model")}
+        for key in SCORE_KEYS:
+            active, what = plan[key]
+            if key in reuse.scores:
+                setattr(result, key, reuse.scores[key])
+                continue
+            sim.set_active(active)
+            setattr(result, key, sim.evaluate(self.eval_callback, f"eval_callback ({what})"))
+            self._write_summary(results, result)
+
+    def _write_summary(self, results: ResultsDir, result: AnalysisResult, pages: Iterable[Path] = ()) -> None:
+        """summary.json, listing exactly this run's files (``pages``: the HTML the report wrote)."""
+        written = [p for p in results.written if p.is_file()]
+        result.files = written + [p for p in pages if p not in set(written)]
         results.write_json(result.summary(), "summary.json")
-        result.files = list(results.written)
+        if results.root / "summary.json" not in result.files:
+            result.files.append(results.root / "summary.json")
 
     def _log_summary(self, r: AnalysisResult) -> None:
         log.info("scores: FP32 %.4f | weights quantized %.4f | activations quantized %.4f | all quantized %.4f",

@@ -34,6 +34,9 @@ Precedence, applied in AIMET's order (a later, more specific setting wins):
 5. ``model_input.is_input_quantized``: the input quantizers of layers that read a model input.
 6. ``model_output.is_output_quantized``: the output quantizers of layers that make a model output.
 
+A parameter quantizer listed by several layers (a tied weight, the weight of a module called
+twice) takes its settings from the layer that owns it (``Quantizer.layer``, the first that uses it).
+
 Per-channel quantization applies only to parameter quantizers that have a channel ``axis``,
 and by default only to weights (every parameter but ``bias``). qa extension: a params entry
 (``params.<name>`` or ``op_type.<T>.params.<name>``) may set ``per_channel_quantization``
@@ -384,11 +387,15 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
     base = _pick_kernel(defaults.supported_kernels, (output_bw, param_bw))
     strict = _first(config.strict_symmetric, False)
     unsigned = _first(config.unsigned_symmetric, True)
+    configured = set()  # a parameter shared by several layers is set once, by the layer that owns it
     for layer in graph.layers:
         op = config.op_types.get(layer.op_type, _NO_OP)
         act_bw, par_bw = _pick_kernel(op.supported_kernels, base)
         weight_pc = _first(op.per_channel_quantization, defaults.per_channel_quantization, False)
         for q in layer.quantizers:
+            if q.name in configured or (q.layer != layer.name and q.layer in graph):
+                continue
+            configured.add(q.name)
             q.strict, q.unsigned_symmetric = strict, unsigned
             if q.kind == PARAM:
                 local = op.params.get(q.param or "", _NO_PARAM)

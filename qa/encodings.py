@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from ._fake_quant import fake_quantize
-from ._arrays import check_bitwidth, num_steps, where
+from ._arrays import check_axis, check_bitwidth, num_steps, number_array, real_number, where
 from .errors import QAValueError
 
 __all__ = ["Encoding", "encoding_from_range", "compute_encoding", "SCHEMES"]
@@ -99,6 +99,21 @@ def _widen(lo, hi):
     return lo, np.maximum(hi, lo + MIN_RANGE)
 
 
+def _check_range(lo: np.ndarray, hi: np.ndarray, axis: Optional[int], name: Optional[str]) -> None:
+    """Finite bounds with min <= max: a NaN or swapped range is a caller's bug, never guessed at."""
+    nonfinite = ~(np.isfinite(lo) & np.isfinite(hi))
+    for bad, what in ((nonfinite, "min and max must be finite"), (lo > hi, "min > max")):
+        if not bad.any():
+            continue
+        if axis is None:
+            raise QAValueError(f"{where(name)}{what}: got min={float(lo)}, max={float(hi)}")
+        channels = np.flatnonzero(bad)[:8]
+        raise QAValueError(
+            f"{where(name)}{what} in channel(s) {channels.tolist()}: got min={lo[channels].tolist()}, "
+            f"max={hi[channels].tolist()}"
+        )
+
+
 def encoding_from_range(
     min: Any, max: Any, bitwidth: int = 8, *, symmetric: bool = False, strict: bool = False,
     unsigned_symmetric: bool = False, axis: Optional[int] = None, name: Optional[str] = None,
@@ -112,7 +127,8 @@ def encoding_from_range(
     range reaches float32's limits, the scale shrinks so that both grid ends stay finite.
 
     Args:
-        min, max: observed range (scalars, or one value per channel with ``axis``).
+        min, max: observed range, finite with min <= max (scalars, or one value per channel
+            with ``axis``); anything else is a QAValueError.
         bitwidth: 2 to 32.
         symmetric, strict, unsigned_symmetric: the quantsim options of the same names.
         axis: the channel axis the arrays refer to, or None per tensor.
@@ -126,7 +142,8 @@ def encoding_from_range(
         -128
     """
     steps = _check_options(bitwidth, symmetric, strict, name)
-    lo, hi = np.asarray(min, dtype=np.float64), np.asarray(max, dtype=np.float64)
+    axis = check_axis(axis, name)
+    lo, hi = number_array(min, "min", name), number_array(max, "max", name)
     if lo.shape != hi.shape:
         raise QAValueError(f"{where(name)}min has shape {lo.shape} but max has shape {hi.shape}")
     if axis is None and lo.size != 1:
@@ -135,8 +152,12 @@ def encoding_from_range(
         lo, hi = lo.reshape(-1), hi.reshape(-1)
     else:
         lo, hi = lo.reshape(()), hi.reshape(())
-    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-        raise QAValueError(f"{where(name)}no finite values to compute an encoding from")
+    _check_range(lo, hi, axis, name)
+    return _tf_grid(lo, hi, steps, bitwidth, symmetric, strict, unsigned_symmetric, axis)
+
+
+def _tf_grid(lo, hi, steps, bitwidth, symmetric, strict, unsigned_symmetric, axis) -> Encoding:
+    """The min-max rules on a checked range (float64 arrays, one value per channel or 0-d)."""
     lo, hi = _widen(lo, hi)
     if not symmetric:
         delta = (hi - lo) / steps
@@ -178,9 +199,13 @@ def compute_encoding(
         >>> -1.01 < enc.min < -0.9 and 0.9 < enc.max < 1.01
         True
     """
+    if not all(hasattr(stats, a) for a in ("seen_finite", "min", "max", "axis")):
+        raise QAValueError(
+            f"stats must be the RunningMinMax or Histogram that observed the data, got {type(stats).__name__}"
+        )
     name = getattr(stats, "name", None)
     steps = _check_options(bitwidth, symmetric, strict, name)
-    if scheme not in SCHEMES:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise QAValueError(f"{where(name)}unknown quantization scheme {scheme!r}; use one of {SCHEMES}")
     if not stats.seen_finite:
         raise QAValueError(f"{where(name)}no finite values were observed, cannot compute an encoding")
@@ -195,11 +220,16 @@ def compute_encoding(
     if not hasattr(stats, "counts"):
         raise QAValueError(f"{where(name)}scheme {scheme!r} needs a Histogram observer")
     if scheme == "percentile":
-        if not 50.0 <= percentile <= 100.0:
-            raise QAValueError(f"{where(name)}percentile must be in [50, 100], got {percentile}")
-        lo = np.maximum(stats.quantile(1.0 - percentile / 100.0), stats.min)
-        hi = np.minimum(stats.quantile(percentile / 100.0), stats.max)
-        return encoding_from_range(lo, hi, bitwidth, **opts)
+        p = real_number(percentile, "percentile", name)
+        if not 50.0 <= p <= 100.0:
+            raise QAValueError(f"{where(name)}percentile must be a number in [50, 100], got {percentile!r:.80}")
+        lo = np.maximum(stats.quantile(1.0 - p / 100.0), stats.min)
+        hi = np.minimum(stats.quantile(p / 100.0), stats.max)
+        # Quantiles interpolate inside bins and can pass the observed max (or min), so lo may
+        # exceed hi a little. The min-max widening (0 included) settles that, as the numpy
+        # reference specifies, so this range skips encoding_from_range's min <= max check.
+        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        return _tf_grid(lo, hi, steps, bitwidth, symmetric, strict, unsigned_symmetric, axis)
     # tf_enhanced
     obs_lo, obs_hi = _widen(stats.min, stats.max)
     unsigned = symmetric & unsigned_symmetric & (obs_lo >= 0)

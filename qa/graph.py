@@ -8,9 +8,20 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from .encodings import Encoding
 
-__all__ = ["Quantizer", "Layer", "QuantGraph", "PARAM", "OUTPUT", "INPUT"]
+__all__ = ["Quantizer", "Layer", "QuantGraph", "PARAM", "OUTPUT", "INPUT", "call_name"]
 
 PARAM, OUTPUT, INPUT = "param", "output", "input"
+
+
+def call_name(name: str, k: int) -> str:
+    """The layer name of the k-th call (from 0) of a module or layer that runs several times in one
+    forward pass: the first call keeps the module's name (AIMET's key), later ones are ``<name>/call_<k>``.
+
+    Example:
+        >>> call_name("act", 0), call_name("act", 2)
+        ('act', 'act/call_2')
+    """
+    return name if k == 0 else f"{name}/call_{k}"
 
 
 @dataclass
@@ -18,7 +29,9 @@ class Quantizer:
     """One place where a tensor is quantized.
 
     ``name`` is AIMET's key: ``<layer>_weight`` / ``<layer>_bias`` for parameters,
-    ``<layer>_output_<i>`` and ``<layer>_input_<i>`` for activations.
+    ``<layer>_output_<i>`` and ``<layer>_input_<i>`` for activations. A parameter used by several
+    layers (tied weights, a module called twice) is one quantizer, named after and owned by
+    (``layer``) the first layer that uses it, and listed by every layer that uses it.
     ``enabled`` says whether the quantization config quantizes it at all; analyses toggle
     quantizers on top of that, never turning on one the config left off.
     """
@@ -51,6 +64,11 @@ class Layer:
     configs do; ``type_name`` is the framework's own name for display (Conv2d, Dense, ...).
     ``inputs`` names the layers whose outputs feed this one (data flow), and
     ``model_input`` / ``model_output`` say whether it reads a model input / makes a model output.
+
+    A module (Keras layer) that runs several times in one forward pass is one layer per call
+    (:func:`call_name`), each with its own activation quantizers; ``calls`` is how many times the
+    module runs and ``call`` which of those runs this layer is (0: the first). Parameter
+    quantizers of such a module are shared by its call layers.
     """
 
     name: str
@@ -61,6 +79,7 @@ class Layer:
     model_input: bool = False
     model_output: bool = False
     calls: int = 1
+    call: int = 0
 
     def quantizer(self, kind: str, key: object = 0) -> Optional[Quantizer]:
         for q in self.quantizers:
@@ -82,6 +101,9 @@ class QuantGraph:
     # stay in float: listed so that nobody mistakes them for quantized.
     unquantized_ops: List[str] = field(default_factory=list)
     folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)  # (bn, into layer)
+    # Batch norms that could have been folded but were not, and why: (bn, layer, reason), e.g.
+    # ("bn", "fc", "its weight is shared with emb"). They stay layers of their own.
+    unfolded_batch_norms: List[Tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_name: Dict[str, Layer] = {layer.name: layer for layer in self.layers}
@@ -93,8 +115,14 @@ class QuantGraph:
         return name in self._by_name
 
     def quantizers(self) -> Iterator[Quantizer]:
+        """Every quantizer once, in layer order (a shared parameter quantizer is listed by
+        several layers and yielded at its first)."""
+        seen = set()
         for layer in self.layers:
-            yield from layer.quantizers
+            for q in layer.quantizers:
+                if q.name not in seen:
+                    seen.add(q.name)
+                    yield q
 
     def copy(self) -> "QuantGraph":
         """An independent copy: a simulation sets its own quantizer settings and encodings on it."""

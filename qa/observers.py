@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _core, _device
-from ._arrays import as_float32, channel_layout, normalize_axis, where
+from ._arrays import as_float32, channel_layout, check_axis, normalize_axis, real_number, where
 from .errors import QAValueError
 
 __all__ = ["MinMax", "minmax", "RunningMinMax", "Histogram", "ErrorStats"]
+
+MAX_BINS = 1 << 24  # 128 MiB of counters per histogram (per channel)
+MAX_COUNTERS = 1 << 31  # 16 GiB for all channels together
 
 
 class MinMax(Tuple[Any, Any, Any, Any, Any]):
@@ -94,7 +98,7 @@ class RunningMinMax:
     """
 
     def __init__(self, axis: Optional[int] = None, *, name: Optional[str] = None) -> None:
-        self.axis = axis
+        self.axis = check_axis(axis, name)
         self.name = name
         self.channels: Optional[int] = None
         self.min: Any = math.inf
@@ -157,7 +161,7 @@ class Histogram(RunningMinMax):
     Exact min/max are kept alongside, so ``tf`` encodings do not depend on batch order.
 
     Args:
-        bins: number of bins (default 2048).
+        bins: number of bins, an integer from 2 to 2^24 (default 2048).
         axis: None, or the channel axis for one histogram per channel.
         name: quantizer name used in error messages.
 
@@ -174,16 +178,25 @@ class Histogram(RunningMinMax):
 
     def __init__(self, bins: int = 2048, axis: Optional[int] = None, *, name: Optional[str] = None) -> None:
         super().__init__(axis, name=name)
-        if int(bins) < 2:
-            raise QAValueError(f"{where(name)}a histogram needs at least 2 bins, got {bins}")
-        self.bins = int(bins)
+        self.bins = _check_bins(bins, name)
         self.counts = np.zeros(self.bins, np.int64)
         self.lo: Any = math.nan
         self.width: Any = math.nan
 
     def _start_channels(self, channels: int) -> None:
         super()._start_channels(channels)
-        self.counts = np.zeros((channels, self.bins), np.int64)
+        counts = None
+        if channels * self.bins <= MAX_COUNTERS:
+            try:
+                counts = np.zeros((channels, self.bins), np.int64)
+            except MemoryError:
+                pass
+        if counts is None:
+            raise QAValueError(
+                f"{where(self.name)}a histogram of {channels} channels x {self.bins} bins needs "
+                f"{channels * self.bins * 8 / 2**30:.1f} GiB of counters; use fewer bins"
+            )
+        self.counts = counts
         self.lo = np.full(channels, math.nan)
         self.width = np.full(channels, math.nan)
 
@@ -238,6 +251,10 @@ class Histogram(RunningMinMax):
 
     def quantile(self, q: float) -> Any:
         """Value at quantile q in [0, 1], interpolated inside bins (NaN where nothing was seen)."""
+        value = real_number(q, "quantile q", self.name)
+        if not 0.0 <= value <= 1.0:
+            raise QAValueError(f"{where(self.name)}quantile q must be a number in [0, 1], got {q!r:.80}")
+        q = value
         if self.axis is None:
             if not math.isfinite(self.lo):
                 return math.nan
@@ -247,6 +264,19 @@ class Histogram(RunningMinMax):
             if math.isfinite(self.lo[c]) else math.nan
             for c in range(self.channels or 0)
         ])
+
+
+def _check_bins(bins: Any, name: Optional[str]) -> int:
+    """bins as an int in [2, MAX_BINS]; None, bools, floats and strings are refused."""
+    try:
+        if isinstance(bins, (bool, np.bool_)):
+            raise TypeError
+        n = operator.index(bins)
+    except TypeError:
+        raise QAValueError(f"{where(name)}histogram bins must be an integer, got {bins!r:.80}") from None
+    if not 2 <= n <= MAX_BINS:
+        raise QAValueError(f"{where(name)}a histogram needs 2 to {MAX_BINS} bins, got {n}")
+    return n
 
 
 class ErrorStats:

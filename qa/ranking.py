@@ -6,6 +6,10 @@ quantized - fully quantized score). Its impact is the larger of the two. Culprit
 layers with a positive impact, biggest first, dropping effects a hundred times smaller than
 the top one (noise, not culprits). Everything here works on plain numbers, so the engine
 (from an ``AnalysisResult``) and the report (from the JSON files) rank alike.
+
+A non-finite score is the worst finding there is: a layer whose quantization alone makes the
+score NaN or infinite gets an infinite cost, and one whose float alone brings a non-finite
+fully quantized score back to a number gets an infinite gain; both rank first.
 """
 
 from __future__ import annotations
@@ -62,14 +66,25 @@ def impacts(layers: Sequence[str], fp32: Any, quantized: Any, enabled: Mapping[s
         >>> [i.cost for i in impacts(["a", "b"], 1.0, 0.5, {"a": 0.9, "b": 0.6}, {"a": 0.55})]
         [0.09999999999999998, 0.4]
     """
+    quantized_broken = _broken(quantized)
     fp32, quantized = finite(fp32), finite(quantized)
     out = []
     for index, name in enumerate(layers):
         on, off = finite(enabled.get(name)), finite(disabled.get(name))
-        cost = fp32 - on if fp32 is not None and on is not None else None
-        gain = off - quantized if quantized is not None and off is not None else None
+        cost = gain = None
+        if fp32 is not None:
+            cost = math.inf if _broken(enabled.get(name)) else (fp32 - on if on is not None else None)
+        if off is not None:
+            gain = math.inf if quantized_broken else (off - quantized if quantized is not None else None)
         out.append(Impact(name, index, cost, gain))
     return out
+
+
+def _broken(score: Any) -> bool:
+    """A score that was computed but is NaN or infinite (not one that is missing)."""
+    if isinstance(score, str):
+        return score.strip().lower() in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and not math.isfinite(score)
 
 
 def culprits(layers: Sequence[Impact], k: int = 5) -> List[Impact]:
@@ -79,7 +94,10 @@ def culprits(layers: Sequence[Impact], k: int = 5) -> List[Impact]:
         >>> ranked = culprits([Impact("a", 0, 0.001, 0.0), Impact("b", 1, 0.3, 0.2), Impact("c", 2, 0.0, 0.0)])
         >>> [i.name for i in ranked]   # 'a' is under 1% of 'b': noise; 'c' has no effect
         ['b']
+        >>> [i.name for i in culprits(impacts(["a", "b"], 1.0, 0.5, {"a": float("nan"), "b": 0.2}, {}))]
+        ['a', 'b']
     """
     ranked = sorted((layer for layer in layers if layer.impact > 0),
                     key=lambda layer: impact_order(layer.cost, layer.gain, layer.index))
-    return [layer for layer in ranked[:k] if layer.impact >= NOISE_RATIO * ranked[0].impact]
+    top = max((layer.impact for layer in ranked if math.isfinite(layer.impact)), default=0.0)
+    return [layer for layer in ranked[:k] if layer.impact >= NOISE_RATIO * top]

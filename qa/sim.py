@@ -8,6 +8,8 @@ import logging
 import math
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Set, Union
 
+import numpy as np
+
 from ._arrays import check_bitwidth
 from .config import apply_config, load_config
 from .encodings import Encoding, compute_encoding
@@ -101,6 +103,9 @@ def as_score(value: Any, what: str) -> float:
         if isinstance(value, (str, bytes)):
             raise TypeError
         score = float(value.item() if hasattr(value, "item") else value)
+    except OverflowError:
+        raise QACallbackError(f"{what} returned a number too large for a float ({type(value).__name__} with "
+                              f"{len(hex(int(value))) - 2} hex digits)") from None
     except Exception:
         shape = getattr(value, "shape", None)
         detail = f" of shape {tuple(shape)}" if shape is not None else ""
@@ -137,6 +142,8 @@ class QuantSim:
         self.quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
         self.stats: Dict[str, Any] = {}  # quantizer name -> the observer that saw its data
         self.unused: List[str] = []  # activation quantizers that saw no data during calibration
+        self.nonfinite: Dict[str, int] = {}  # quantizer -> NaN/inf values it saw (weights and activations)
+        self.nonfinite_only: List[str] = []  # quantizers that saw only NaN/inf: no encoding
         self._prepared: Dict[str, Any] = {}  # quantizer name -> its quantized form, in the adapter's terms
         self._chain: FrozenSet[str] = frozenset()
         self._active: Set[str] = set()
@@ -162,6 +169,10 @@ class QuantSim:
                 continue
             obs = self._observer(q)
             obs.update(values)
+            self._count_nonfinite(q.name, obs)
+            if not obs.seen_finite:  # nothing to encode: the weight stays float, and problems() says why
+                self.nonfinite_only.append(q.name)
+                continue
             q.encoding = self._encode(q, obs)
             self.stats[q.name] = obs
             quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
@@ -171,18 +182,40 @@ class QuantSim:
             call_user(forward_pass_callback, self.adapter.model, "forward_pass_callback (calibration)")
         for name, obs in observers.items():
             q = self.quantizers[name]
+            self._count_nonfinite(name, obs)
             if not obs.seen_finite:
-                self.unused.append(name)
+                (self.nonfinite_only if name in self.nonfinite else self.unused).append(name)
                 q.encoding = None
                 continue
             q.encoding = self._encode(q, obs)
             self.stats[name] = obs
             self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
         if self.unused:
-            log.warning("%d activation quantizer(s) saw no data during calibration and stay off: %s",
-                        len(self.unused), ", ".join(self.unused[:10]))
+            log.warning("%d activation quantizer(s) saw no data during calibration (their layers never ran) and "
+                        "stay off: %s", len(self.unused), ", ".join(self.unused[:10]))
+        if self.nonfinite_only:
+            log.warning("%d activation quantizer(s) saw only NaN/inf values during calibration and stay off: %s",
+                        len(self.nonfinite_only), ", ".join(self.nonfinite_only[:10]))
         self._chain = frozenset(n for n in self.enabled if not self.quantizers[n].is_param)
         self.calibrated = True
+
+    def _count_nonfinite(self, name: str, obs: Any) -> None:
+        count = int(np.sum(obs.n_nan) + np.sum(obs.n_posinf) + np.sum(obs.n_neginf))
+        if count:
+            self.nonfinite[name] = count
+
+    def problems(self) -> List[str]:
+        """What went wrong with the data the quantizers saw, in plain words."""
+        out = []
+        for name, count in self.nonfinite.items():
+            q = self.quantizers[name]
+            what = f"the weight of {name}" if q.is_param else f"the activation {name}"
+            tail = " (it saw nothing else, so it stays off)" if name in self.nonfinite_only else ""
+            out.append(f"{what} contains {count} NaN/inf value(s){tail}")
+        if not self.enabled:
+            out.append("no quantizer is active: nothing was quantized" + (
+                f" ({len(self.unused)} quantizer(s) never saw data)" if self.unused else ""))
+        return out
 
     # -- toggling and running --
 

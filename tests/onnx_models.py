@@ -167,3 +167,51 @@ def deconv_gemm_bn(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
                               name="bn2")]
     return model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["batch", 4, 5, 5])],
                  [helper.make_tensor_value_info("y", FLOAT, ["batch", 5])], inits, opset=opset, name="deconv")
+
+
+def scalar_inputs(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """x [batch, 4] -> Gemm -> Relu, times a scalar float input 'gain' (shape ()), divided by the
+    scalar int64 input 'sr' (shape (), a sample rate as in silero-vad) cast to float."""
+    rng = _rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((3, 4)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(-0.2, 0.2, 3).astype(np.float32), "b")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "gain"], ["g"], name="scale"),
+             helper.make_node("Cast", ["sr"], ["srf"], name="sr_float", to=FLOAT),
+             helper.make_node("Div", ["g", "srf"], ["y"], name="per_sample")]
+    return model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["batch", 4]),
+                         helper.make_tensor_value_info("gain", FLOAT, []),
+                         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                 [helper.make_tensor_value_info("y", FLOAT, ["batch", 3])], inits, opset=opset, name="scalars")
+
+
+def tied_weights(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """Two layers read one initializer as their weight (a tied weight) and a batch norm follows the
+    second: Gemm(x, w, transB) -> Relu -> Gemm(r, w, transB) -> BatchNormalization -> y, w [4, 4]."""
+    rng = _rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 4)) * 0.6).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(-0.2, 0.2, 4).astype(np.float32), "b1")]
+    inits += [numpy_helper.from_array(v, k) for k, v in _bn_params("bn", 4, rng).items()]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w"], ["h2"], name="fc2", transB=1),
+             helper.make_node("BatchNormalization", ["h2", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["y"],
+                              name="bn")]
+    return model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["batch", 4])],
+                 [helper.make_tensor_value_info("y", FLOAT, ["batch", 4])], inits, opset=opset, name="tied")
+
+
+def onnx_weight(m: onnx.ModelProto, name: str) -> np.ndarray:
+    """The values of initializer ``name``."""
+    return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == name)
+
+
+def with_initializer(m: onnx.ModelProto, name: str, values: np.ndarray) -> onnx.ModelProto:
+    """A copy of ``m`` with initializer ``name`` replaced by ``values`` (a model quantized by hand)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for t in out.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(np.asarray(values, dtype=numpy_helper.to_array(t).dtype), name))
+    return out

@@ -371,3 +371,22 @@ def test_apply_config_checks_bitwidths():
     graph = QuantGraph([make_layer("conv", "Conv")])
     with pytest.raises(QAValueError, match="param_bw"):
         apply_config(graph, load_config(None), param_bw=1, output_bw=8)
+
+
+# --------------------------------------------------------------------------- shared parameters
+
+def test_a_parameter_shared_by_two_layers_is_listed_once_and_set_by_its_owner():
+    """A tied weight (an embedding and its head) is one quantizer listed by both layers: the graph
+    yields it once, and the settings come from the layer that owns it, not from whichever comes last."""
+    emb = make_layer("emb", "Gather", weight=True, axis=None)
+    head = make_layer("head", "Gemm", ["emb"])
+    head.quantizers.insert(0, emb.quantizers[0])  # the same Quantizer object, owned by emb
+    config = cfg(op_type={"Gemm": {"params": {"weight": {"is_quantized": "False"}}},
+                          "Gather": {"params": {"weight": {"is_symmetric": "False"}}}})
+    graph = applied([emb, head], config)
+    assert [x.name for x in graph.quantizers()] == ["emb_weight", "emb_output_0", "head_output_0"]
+    w = q(graph, "emb_weight")
+    assert w.enabled and not w.symmetric  # emb's op_type settings; head's Gemm entry does not apply
+    # the simulation's copy keeps one object for both layers
+    copied = graph.copy()
+    assert copied["head"].quantizers[0] is copied["emb"].quantizers[0]

@@ -296,6 +296,23 @@ def test_fold_batch_norms_leaves_what_cannot_fold():
     np.testing.assert_array_equal(work.units["conv2"].weight, w)
 
 
+def test_fold_batch_norms_refuses_a_unit_whose_weight_other_nodes_read():
+    """A tied weight (one initializer, two convs) keeps its values: the batch norm after the second
+    conv stays a node, and the reason is recorded."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((2, 2, 1, 1)).astype(np.float32)
+    bn = bn_params("bn", 2)
+    nodes = [node("Conv", ["x", "w"], ["c1"], name="conv1"), node("Relu", ["c1"], ["r"], name="relu"),
+             node("Conv", ["r", "w"], ["c2"], name="conv2"), _bn_node("c2", "y", name="bn")]
+    model = model_of(nodes, [vi("x", [1, 2, 3, 3])], [vi("y", None)],
+                     [init("w", w)] + [init(k, v) for k, v in bn.items()])
+    work = run_until(model, fold_batch_norms)
+    assert work.folded == []
+    assert work.unfolded == [("bn", "conv2", "its weight 'w' is shared with conv1")]
+    assert not work.units["conv2"].folded
+    np.testing.assert_array_equal(work.units["conv2"].weight, w)
+
+
 # ---- insert_quantizers ------------------------------------------------------------------------------
 
 def test_insert_quantizers_layers_parameters_and_points():
@@ -334,6 +351,23 @@ def test_insert_quantizers_layers_parameters_and_points():
     out = points["fc_output_0"]
     assert (out.src, out.dst, out.node, out.slot) == ("qa::fc_output_0::raw", "a", "fc_bias", 0)
     assert out.inputs == tuple(f"qa::fc_output_0::{s}" for s in ("inv", "scale", "lo", "hi", "on"))
+
+
+def test_insert_quantizers_shares_a_tensor_read_by_several_layers():
+    """One initializer read as the weight of two MatMuls and as data by an Add: one graph input, one
+    quantizer named after the first layer and listed by both, and the Add reads the same input."""
+    w = np.arange(16, dtype=np.float32).reshape(4, 4) / 16
+    nodes = [node("MatMul", ["x", "w"], ["m1"], name="fc1"), node("MatMul", ["m1", "w"], ["m2"], name="fc2"),
+             node("Add", ["m2", "w"], ["z"], name="plus_w")]
+    model = model_of(nodes, [vi("x", [4, 4])], [vi("z", None)], [init("w", w)])
+    work = run_until(model, insert_quantizers)
+    layers = {layer.name: layer for layer in work.layers}
+    assert [q.name for q in layers["fc1"].params] == ["fc1_weight"]
+    assert layers["fc2"].params == layers["fc1"].params and layers["fc2"].params[0] is layers["fc1"].params[0]
+    assert layers["plus_w"].params == []
+    assert list(work.params) == ["fc1_weight"]
+    assert [list(n.input)[1] for n in work.nodes] == ["qa::fc1_weight"] * 3
+    assert prune_dead_nodes(work) == []  # nothing reads the initializer any more
 
 
 # ---- prune_dead_nodes and prepare ------------------------------------------------------------------

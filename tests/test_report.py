@@ -269,7 +269,7 @@ def test_aimet_style_folder_without_summary(tmp_path):
 def test_no_results_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(QAError, match="no qa results"):
         build_html(tmp_path)
-    assert qa_main(["report", str(tmp_path)]) == 1
+    assert qa_main(["report", str(tmp_path)]) == 2
     assert "no qa results" in capsys.readouterr().err
 
 
@@ -394,10 +394,24 @@ def test_dashboard_ranks_culprits_with_qa_ranking(tmp_path):
 
 
 def test_sanitize_is_stable_and_keeps_unicode_names_apart():
-    assert sanitize("layer1.0/conv..</script>") == "layer1_0_conv_script_"
+    assert sanitize("conv1_weight") == "conv1_weight"  # a safe name stays as it is
+    assert sanitize("layer1.0/conv..</script>") == "layer1_0_conv_script_8281d6b216"
     assert sanitize("卷积1") == "1_abd55bd0c0"  # a stable hash: the same in every process
     assert sanitize("卷积1") != sanitize("池化1") and sanitize("...") != sanitize("..")
-    assert len(sanitize("x" * 1000)) <= 120
+    assert len(sanitize("x" * 1000)) <= 120 and sanitize("x" * 1000) != sanitize("x" * 1001)
+
+
+def test_names_differing_only_in_punctuation_keep_their_own_histogram(tmp_path):
+    """a-b, a.b and a_b used to share one file (a_b.json): the last written won for all three."""
+    names = ["a-b", "a.b", "a_b"]
+    assert len({sanitize(n) for n in names}) == 3 and sanitize("a_b") == "a_b"
+    root = write_results(tmp_path / "r", names)
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*.json")}
+    assert {f"activations_pdf/{sanitize(n + '_output_0')}.json" for n in names} <= files
+    build_html(root)
+    for n in names:  # each page shows its own quantizer
+        page = (root / "activations_pdf" / f"{sanitize(n + '_output_0')}.html").read_text(encoding="utf-8")
+        assert f"Activation histogram: {n}_output_0" in page
 
 
 @pytest.mark.torch
@@ -453,3 +467,270 @@ def test_analyze_writes_the_html_of_a_real_model(tmp_path):
         check_page_is_offline_and_safe(root, page)
         assert "<script>alert" not in page.read_text(encoding="utf-8")
     assert culprit_cards(root) == result.most_sensitive_layers(5)  # one ranking: summary, CLI, dashboard
+
+
+# ---- trust: stale files, NaN scores, numbers that mean something, damaged folders ------------
+
+def _edit_summary(root, **changes):
+    path = Path(root) / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary.update(changes)
+    path.write_text(json.dumps(summary), encoding="utf-8")
+    return summary
+
+
+def _verdict(root):
+    """The dashboard's problems banner and verdict, as text."""
+    index = (Path(root) / "index.html").read_text(encoding="utf-8")
+    start = index.index("<h1>")
+    reader = _Text()
+    reader.feed(index[start:index.index("</ol>", start)])
+    return " ".join("".join(reader.text).split())
+
+
+def _strict_specs(page):
+    """Every chart spec of a page, parsed as strict JSON (no NaN/Infinity), and all its numbers."""
+    def refuse(token):
+        raise AssertionError(f"{page}: {token} in a chart spec")
+
+    numbers = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            numbers.append(v)
+
+    text = Path(page).read_text(encoding="utf-8")
+    specs = [json.loads(s, parse_constant=refuse)
+             for s in re.findall(r'<script type="application/json" id="[^"]+">(.*?)</script>', text, re.S)]
+    walk(specs)
+    return specs, numbers
+
+
+def test_only_the_files_summary_lists_are_read(tmp_path):
+    """A folder reused by a second run: the first run's files are not this run's results."""
+    root = write_results(tmp_path / "r", ["a", "b"])
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    del summary["per_layer_mse"]  # this run has no MSE: the file on disk is the first run's
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json"))
+    files = [f for f in files if f not in ("per_layer_mse_loss.json", "activations_pdf/a_output_0.json")]
+    summary["files"] = files
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    written = rel(root, build_html(root))
+    assert "per_layer_mse_loss.html" not in written and "activations_pdf/a_output_0.html" not in written
+    assert "activations_pdf/b_output_0.html" in written
+    assert 'href="per_layer_mse_loss.html"' not in (root / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_rebuild_removes_the_pages_of_the_last_build_only(tmp_path):
+    root = write_results(tmp_path / "r", ["a", "b", "gone"])
+    first = set(rel(root, build_html(root, png=True)))
+    assert "activations_pdf/gone_output_0.html" in first and "charts/index_culprits.png" in first
+    mine = {"notes.html": "mine", "weights_pdf/gone/readme.txt": "mine", "charts/mine.txt": "mine",
+            "activations_pdf/mine.html.bak": "mine"}
+    for name, text in mine.items():
+        (root / name).write_text(text)
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    summary["layers"] = summary["layers"][:2]
+    for key in ("per_layer_quant_enabled", "per_layer_quant_disabled", "per_layer_mse", "per_layer_sqnr_db"):
+        summary[key].pop("gone")
+    for key in ("weight_ranges", "encodings", "activation_ranges"):
+        for name in ("gone_weight", "gone_output_0"):
+            summary[key].pop(name, None)
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    for f in ("per_layer_quant_enabled.json", "per_layer_quant_disabled.json", "per_layer_mse_loss.json"):
+        (root / f).unlink()
+    before = {p: p.stat().st_ino for p in root.rglob("*") if p.is_file()}
+    second = build_html(root)  # no --png this time
+    assert not (root / "activations_pdf" / "gone_output_0.html").exists()
+    assert not (root / "weights_pdf" / "gone" / "weight.html").exists()
+    assert not (root / "charts" / "index_culprits.png").exists()
+    assert (root / "activations_pdf" / "gone_output_0.json").is_file()  # JSON is the analyzer's, never the report's
+    for name, text in mine.items():
+        assert (root / name).read_text() == text, name
+    # build_html returns exactly the files it wrote (every write is a new file renamed into place)
+    changed = {p for p in root.rglob("*") if p.is_file() and before.get(p) != p.stat().st_ino}
+    assert set(second) == changed and len(second) == len(set(second))
+    assert (root / "_static" / "pages.json") in second
+
+
+def test_nan_scores_are_null_in_json_and_named_first_on_the_dashboard(tmp_path):
+    assert qa.report._plain([float("nan"), np.float32("inf"), -np.inf, 1.5]) == [None, None, None, 1.5]
+    out = ResultsDir(tmp_path / "plain")
+    out.write_json({"a": float("nan")}, "x.json")
+    assert (tmp_path / "plain" / "x.json").read_text() == '{\n    "a": null\n}'
+    names = [f"conv{i}" for i in range(5)]
+    root = write_results(tmp_path / "r", names, culprit="conv1")
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    summary["per_layer_quant_enabled"]["conv3"] = None
+    summary["nonfinite_scores"] = {"per_layer_quant_enabled": {"conv3": "nan"}}
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    build_html(root)
+    verdict = _verdict(root)
+    assert "Quantizing layer conv3 alone makes the score NaN: it is the worst layer." in verdict
+    assert culprit_cards(root)[:2] == ["conv3", "conv1"]  # the NaN layer ranks first
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert "alone: score NaN" in index and "Not drawn: conv3" in index
+    for page in pages(root):
+        _strict_specs(page)
+    assert "conv3</a> (NaN)" in (root / "per_layer_quant_enabled.html").read_text(encoding="utf-8")
+    _edit_summary(root, fp32_score=None, nonfinite_scores={"scores": {"fp32_score": "nan"}})
+    build_html(root)
+    assert "The FP32 score is NaN: check the model and eval_callback." in _verdict(root)
+
+
+def test_problems_and_nothing_quantized_are_said_at_the_top(tmp_path):
+    root = write_results(tmp_path / "r", ["a", "b"])
+    same = {"a": 90.0, "b": 90.0}
+    _edit_summary(root, weight_quantized_score=90.0, activation_quantized_score=90.0, quantized_score=90.0,
+                  per_layer_quant_enabled=same, per_layer_quant_disabled=same, active_quantizers=0,
+                  problems=["no quantizer is active: nothing was quantized", "weights of a contain 12 NaN values"])
+    build_html(root)
+    verdict = _verdict(root)
+    assert "Nothing was quantized" in verdict and "quantizes well" not in verdict and "costs little" not in verdict
+    assert "Why: no quantizer is active: nothing was quantized" in verdict
+    assert "weights of a contain 12 NaN values" in verdict  # the problems banner, above the verdict
+
+
+def _scores(root, fp32, w, a, q, enabled, disabled):
+    names = list(enabled)
+    _edit_summary(root, fp32_score=fp32, weight_quantized_score=w, activation_quantized_score=a, quantized_score=q,
+                  per_layer_quant_enabled=enabled, per_layer_quant_disabled=disabled,
+                  layers=[{"name": n, "type": "Conv2d", "quantizers": [f"{n}_output_0", f"{n}_weight"]} for n in names])
+    build_html(root)
+    return _verdict(root), (Path(root) / "index.html").read_text(encoding="utf-8")
+
+
+def test_scores_near_zero_get_no_percentage_and_conditional_advice(tmp_path):
+    """An eval returning a negative MSE: -1e-9 in FP32, -7.7e-7 quantized (was: '1114136574750.6%')."""
+    root = write_results(tmp_path / "r", ["a", "b"])
+    verdict, index = _scores(root, -1e-9, -5e-7, -3e-7, -7.7e-7, {"a": -6e-7, "b": -5e-8}, {"a": -2e-7, "b": -7e-7})
+    assert "Quantization costs 7.69e-07: -1.00e-09 in FP32, -7.70e-07 fully quantized." in verdict
+    assert "%" not in verdict.split("Start with")[0] and "no percentage is given" in verdict
+    assert "If a loss of 5.99e-07 matters for this metric, try:" in verdict  # advice, conditional on the metric
+    assert "Try:</b>" not in index
+
+
+def test_accuracy_in_percent_and_in_fractions_get_the_same_verdict(tmp_path):
+    for scale, text in ((1.0, "Quantization costs 15.9 (18.2%): 87.4 in FP32, 71.5 fully quantized."),
+                        (0.01, "Quantization costs 0.159 (18.2%): 0.874 in FP32, 0.715 fully quantized.")):
+        root = write_results(tmp_path / str(scale), ["a", "b"])
+        verdict, index = _scores(root, *(v * scale for v in (87.4, 72.0, 87.0, 71.5)),
+                                 {"a": 72.3 * scale, "b": 87.2 * scale}, {"a": 86.9 * scale, "b": 71.6 * scale})
+        assert text in verdict and "Start with a" in verdict and "Try: " in verdict
+        assert "Try:</b>" in index and "no percentage" not in verdict
+
+
+def test_a_loss_under_one_percent_suggests_no_change(tmp_path):
+    root = write_results(tmp_path / "r", ["a", "b"])
+    verdict, index = _scores(root, 87.4, 87.35, 87.4, 87.3, {"a": 87.32, "b": 87.39}, {"a": 87.38, "b": 87.3})
+    assert "Quantization costs little" in verdict and "Try:" not in index
+    assert "nothing needs to change for it" in index
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": 5}, "summary.json: layers: 5 is not of type 'array'"),
+    ({"per_layer_quant_enabled": [1, 2]}, "summary.json: per_layer_quant_enabled: [1, 2] is not of type 'object'"),
+    ({"fp32_score": "87.4"}, "summary.json: fp32_score: '87.4' is not a number"),
+    ({"layers": [{"name": 5}]}, "summary.json: layers[0].name: 5 is not of type 'string'"),
+    ({"per_layer_quant_disabled": {"a.b": "x"}}, 'summary.json: per_layer_quant_disabled["a.b"]: \'x\' is not a number'),
+    ({"folded_batch_norms": "bn"}, "summary.json: folded_batch_norms: 'bn' is not of type 'array'"),
+])
+def test_a_wrong_type_names_the_file_and_field(tmp_path, capsys, change, message):
+    root = write_results(tmp_path / "r", ["a", "b"])
+    _edit_summary(root, **change)
+    with pytest.raises(QAError) as info:
+        build_html(root)
+    assert str(info.value) == message
+    assert qa_main(["report", str(root)]) == 2
+    assert capsys.readouterr().err == f"qa report: {message}\n"
+
+
+def test_absurd_values_are_left_out_with_a_note_not_a_crash(tmp_path, caplog):
+    root = write_results(tmp_path / "r", ["a", "b", "c"])
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    summary["fp32_score"] = 1e308
+    summary["quantized_score"] = -1e308
+    summary["per_layer_quant_enabled"]["b"] = 10 ** 400
+    summary["per_layer_mse"]["c"] = 1e308
+    summary["encodings"]["a_weight"]["bitwidth"] = 1e300  # was an OverflowError (or a hang for a huge int)
+    summary["encodings"]["a_output_0"]["bitwidth"] = 10 ** 300
+    summary["default_param_bw"] = 10 ** 300
+    summary["seconds"] = {"a": 1e308, "b": 1e308}
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    record = json.loads((root / "activations_pdf" / "b_output_0.json").read_text())
+    record["counts"][3] = 1e308
+    (root / "activations_pdf" / "b_output_0.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="qa"):
+        files = rel(root, build_html(root))
+    assert "index.html" in files and "activations_pdf/b_output_0.html" not in files
+    assert "b_output_0" in caplog.text  # the damaged histogram: one warning, its page skipped
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert "Left out of this report" in index and "fp32_score = 1e+308 is beyond" in index
+    for page in pages(root):  # every chart is strict JSON with numbers Vega can scale
+        _, numbers = _strict_specs(page)
+        assert all(abs(x) <= 1e100 for x in numbers), page
+    assert "1e+300-bit" not in index and "inf" not in _verdict(root).lower()
+
+
+def test_deep_nesting_and_huge_files_are_clear_errors(tmp_path, monkeypatch):
+    root = write_results(tmp_path / "r", ["a"])
+    (root / "summary.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(QAError, match=r"^summary.json: nested too deeply"):
+        build_html(root)
+    (root / "summary.json").write_text('{"layers": ' + "[" * 900 + "]" * 900 + "}")
+    with pytest.raises(QAError, match=r"^summary.json: "):
+        build_html(root)
+    (root / "summary.json").write_text("{}")
+    monkeypatch.setattr(qa.report, "MAX_READ_BYTES", 10)
+    with pytest.raises(QAError, match=r"^per_layer_quant_enabled.json is \d+ bytes; qa reads result files of up to 10 "
+                                      r"bytes$"):
+        build_html(root)
+
+
+def test_qa_report_reads_no_file_through_a_link(tmp_path, capsys):
+    """A results folder received as a tarball: its JSON files may be links to private files."""
+    secret = tmp_path / "private.json"
+    secret.write_text(json.dumps({"SECRET_LAYER_NAME": 0.5}))
+    root = tmp_path / "r"
+    out = ResultsDir(root)
+    out.write_json({"conv1": 0.9}, "per_layer_quant_disabled.json")
+    (root / "per_layer_quant_enabled.json").symlink_to(secret)
+    assert qa_main(["report", str(root)]) == 2
+    assert capsys.readouterr().err == ("qa report: per_layer_quant_enabled.json is a symbolic link; qa reads only "
+                                       "regular files inside the results folder\n")
+    assert not any("SECRET_LAYER_NAME" in p.read_text(encoding="utf-8") for p in pages(root))
+    (root / "per_layer_quant_enabled.json").unlink()
+    (root / "min_max_ranges").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "weights.json").write_text(json.dumps({"SECRET_LAYER_NAME_weight": [-1, 1]}))
+    assert qa_main(["report", str(root)]) == 2
+    assert "min_max_ranges: it is a symbolic link" in capsys.readouterr().err
+    assert not any("SECRET_LAYER_NAME" in p.read_text(encoding="utf-8") for p in pages(root))
+
+
+def test_qa_report_on_a_missing_folder_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no" / "such"
+    assert qa_main(["report", str(missing)]) == 2
+    assert capsys.readouterr().err == f"qa report: no qa results in {missing}: there is no such folder\n"
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(QAError, match="there is no such folder"):
+        build_html(missing)
+    assert not (tmp_path / "no").exists()
+
+
+def test_aimet_named_histograms_are_still_found(tmp_path):
+    """A folder another tool wrote, with AIMET's file names (re.sub(r'\\W+', '_', name))."""
+    out = ResultsDir(tmp_path)
+    out.write_json({"layer1.conv": 0.9}, "per_layer_quant_enabled.json")
+    out.write_json({"layer1.conv_output_0": [0.0, 6.0]}, "min_max_ranges", "activations.json")
+    counts = [1, 5, 9, 5, 1]
+    (tmp_path / "activations_pdf").mkdir()
+    (tmp_path / "activations_pdf" / "layer1_conv_output_0.json").write_text(
+        json.dumps({"lo": 0.0, "width": 1.5, "counts": counts, "encoding_min": 0.0, "encoding_max": 6.0}))
+    files = rel(tmp_path, build_html(tmp_path))
+    assert "activations_pdf/layer1_conv_output_0.html" in files

@@ -234,3 +234,35 @@ def test_pages_of_an_onnx_analysis_render(browser, tmp_path):
             assert not errors and not outside and not dialogs, (path.name, errors, outside)
         finally:
             page.close()
+
+
+def test_pages_with_nan_and_absurd_values_still_draw(browser, results, tmp_path):
+    """NaN scores (null + nonfinite_scores), +-1e308 and huge bitwidths: the charts leave them out
+    with a note, and Vega draws the rest without an error."""
+    from qa.report import build_html
+
+    root = tmp_path / "results"
+    shutil.copytree(results, root)
+    summary = json.loads((root / "summary.json").read_text())
+    names = list(summary["per_layer_quant_enabled"])
+    summary["per_layer_quant_enabled"][names[0]] = None
+    summary["nonfinite_scores"] = {"per_layer_quant_enabled": {names[0]: "nan"}}
+    summary["per_layer_quant_disabled"][names[1]] = 1e308
+    summary["per_layer_mse"][names[-1]] = 1e308
+    summary["per_layer_sqnr_db"][names[-1]] = -1e308
+    summary["problems"] = ["weights of 0 contain 12 NaN values"]
+    for enc in summary["encodings"].values():
+        for e in enc if isinstance(enc, list) else [enc]:
+            e["bitwidth"] = 10 ** 300
+    (root / "summary.json").write_text(json.dumps(summary))
+    build_html(root)
+    index = (root / "index.html").read_text(encoding="utf-8")
+    assert f"Quantizing layer {names[0]} alone makes the score NaN" in index and "Left out of this report" in index
+    for path in [root / "index.html", root / "per_layer_quant_enabled.html", root / "per_layer_quant_disabled.html",
+                 root / "per_layer_mse_loss.html", root / "min_max_ranges" / "activations.html"]:
+        page, errors, outside, dialogs = open_page(browser, path)
+        try:
+            assert charts_drawn(page) >= 1, path
+            assert not errors and not outside and not dialogs, (path.name, errors, outside)
+        finally:
+            page.close()

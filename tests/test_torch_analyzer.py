@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import math
+import types
 import warnings
 
 import numpy as np
@@ -134,46 +135,67 @@ def fake_quant(t, enc, axis=None):
     return torch.from_numpy(np.array(out, dtype=np.float32, copy=True)).to(t.dtype)
 
 
+def _call_key(name, k):
+    """qa's layer name of the k-th call of module ``name``: the first keeps the name, later ones ``name/call_k``."""
+    return name if k == 0 else f"{name}/call_{k}"
+
+
 def hand_quantized(model, encodings, *, weights=True, activations=True):
     """A deep copy of a BN-free model quantized by hand from exported encodings: parameters
-    replaced by their fake-quantized values, input/output quantizers as forward hooks.
-    Returns (model, the encoding keys used)."""
+    replaced by their fake-quantized values (a tied parameter once, by the first key that names
+    it), input/output quantizers as forward hooks, the k-th call of a module with the encodings
+    of layer ``<module>/call_<k>``. Returns (model, the encoding keys used)."""
     m = copy.deepcopy(model).eval()
     used = set()
+    done = set()  # parameters quantized already (tied ones appear under several modules)
+    counts = {}
+    m.register_forward_pre_hook(lambda mod, args: counts.clear())
     for name, module in m.named_modules():
         if not name or any(True for _ in module.children()):
             continue
         for pname, p in module.named_parameters(recurse=False):
             key = f"{name}_{pname}"
-            if key in encodings and weights:
+            if key in encodings and weights and id(p) not in done:
                 with torch.no_grad():
                     p.copy_(fake_quant(p, encodings[key], weight_axis(module)))
                 used.add(key)
+                done.add(id(p))
         if not activations:
             continue
-        in_enc = encodings.get(f"{name}_input_0")
-        if in_enc is not None:
-            used.add(f"{name}_input_0")
-            module.register_forward_pre_hook(
-                lambda mod, args, e=in_enc: (fake_quant(args[0], e),) + tuple(args[1:]))
-        out_encs = {}
-        for i in range(4):
-            if f"{name}_output_{i}" in encodings:
-                out_encs[i] = encodings[f"{name}_output_{i}"]
-                used.add(f"{name}_output_{i}")
-        if out_encs:
-            def post(mod, args, out, encs=out_encs):
-                outs = [fake_quant(o, encs[i]) if i in encs else o for i, o in enumerate(as_tuple(out))]
-                return type(out)(outs) if isinstance(out, (tuple, list)) else outs[0]
-            module.register_forward_hook(post)
+        for k in range(8):
+            layer = _call_key(name, k)
+            used.update(key for key in (f"{layer}_input_0", *(f"{layer}_output_{i}" for i in range(4)))
+                        if key in encodings)
+
+        def pre(mod, args, name=name):
+            k = counts[name] = counts.get(name, -1) + 1
+            enc = encodings.get(f"{_call_key(name, k)}_input_0")
+            return None if enc is None else (fake_quant(args[0], enc),) + tuple(args[1:])
+
+        def post(mod, args, out, name=name):
+            layer = _call_key(name, counts[name])
+            encs = {i: encodings[f"{layer}_output_{i}"] for i in range(4) if f"{layer}_output_{i}" in encodings}
+            outs = [fake_quant(o, encs[i]) if i in encs else o for i, o in enumerate(as_tuple(out))]
+            return type(out)(outs) if isinstance(out, (tuple, list)) else outs[0]
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
     return m, used
 
 
 def layer_outputs(model, name, inputs):
-    """Every output of one layer (all calls) in one forward pass, captured after its own hooks."""
-    seen = []
-    handle = model.get_submodule(name).register_forward_hook(
-        lambda mod, args, out: seen.extend(o.detach().double().clone() for o in as_tuple(out)))
+    """The outputs of one layer in one forward pass, captured after its own hooks: qa's layer
+    ``<module>/call_<k>`` is the k-th call of the module (its bare name the first)."""
+    module_name, _, call = name.partition("/call_")
+    want = int(call) if call else 0
+    seen, count = [], [0]
+
+    def hook(mod, args, out):
+        if count[0] == want:
+            seen.extend(o.detach().double().clone() for o in as_tuple(out))
+        count[0] += 1
+
+    handle = model.get_submodule(module_name).register_forward_hook(hook)
     try:
         with torch.no_grad():
             run(model, inputs)
@@ -201,6 +223,17 @@ def brute_force_errors(model, encodings, batches, layers):
         mse[name] = sse / count
         sqnr[name] = 10 * math.log10(ssr / sse) if sse else math.inf
     return mse, sqnr
+
+
+def _owned(result):
+    """The result with each quantizer listed by its first layer only: a shared parameter (tied
+    weights, a module called twice) has one histogram file, in the folder of the layer that owns it."""
+    seen = set()
+    layers = []
+    for layer in result.layers:
+        layers.append({**layer, "quantizers": [q for q in layer["quantizers"] if q not in seen]})
+        seen.update(layer["quantizers"])
+    return types.SimpleNamespace(results_dir=result.results_dir, layers=layers)
 
 
 def max_diff(a, b):
@@ -429,8 +462,9 @@ def test_per_layer_sweeps_match_hand_quantized_layers(analyzed):
     layers = list(result.per_layer_quant_enabled)
     assert layers == list(result.per_layer_quant_disabled)
     assert layers == [layer["name"] for layer in result.layers if layer["quantizers"]]
-    for name in layers[:3]:
-        own = {k: v for k, v in result.encodings.items() if k.rpartition("_")[0] in (name, f"{name}_input", f"{name}_output")}
+    listed = {layer["name"]: set(layer["quantizers"]) for layer in result.layers}
+    for name in layers[:3] + layers[-3:]:
+        own = {k: v for k, v in result.encodings.items() if k in listed[name]}
         assert own, name
         others = {k: v for k, v in result.encodings.items() if k not in own}
         alone, _ = hand_quantized(model, own)
@@ -491,7 +525,7 @@ def test_analyze_end_to_end_writes_every_file(case, tmp_path):
     result = quiet(analyzer.analyze, results_dir=tmp_path)  # tf_enhanced by default
     assert result.status == "complete" and result.error is None
     assert result.quant_scheme == "tf_enhanced"
-    files = expected_files(result)
+    files = expected_files(_owned(result))
     missing = [str(f.relative_to(tmp_path)) for f in files if not f.is_file()]
     assert not missing
     assert set(result.files) >= files
@@ -507,9 +541,12 @@ def test_analyze_end_to_end_writes_every_file(case, tmp_path):
     for name, record in ((p.stem, read_json(p)) for p in (tmp_path / "activations_pdf").glob("*.json")):
         assert sum(record["counts"]) > 0, name
         assert record["encoding_min"] <= 0 <= record["encoding_max"], name
-    if case == "shared_module":
-        assert [layer["name"] for layer in result.layers].count("shared") == 1
-        assert analyzer.adapter.graph["shared"].calls == 2
+    if case == "shared_module":  # one layer per call; the Linear's weight is one quantizer for both calls
+        assert [layer["name"] for layer in result.layers] == [
+            "fc_in", "act", "shared", "act/call_1", "shared/call_1", "act/call_2", "fc_out"]
+        assert analyzer.adapter.graph["shared"].calls == analyzer.adapter.graph["shared/call_1"].calls == 2
+        assert [k for k in result.encodings if k.startswith("shared")] == [
+            "shared_weight", "shared_output_0", "shared/call_1_output_0"]
     if case == "unfoldable_bn":
         assert result.folded_batch_norms == [("bn0", "conv0")]
         assert [layer["op_type"] for layer in result.layers if layer["name"] == "bn"] == ["BatchNormalization"]

@@ -13,7 +13,8 @@ __all__ = [
     "randomize_bn", "ConvBN", "ConvTransposeBN", "LinearBN", "BNAfterAdd", "BNInputAlsoReadByLayer",
     "BNInputAlsoReadFunctionally", "Residual", "Depthwise", "ConvTransposeNet", "MLP", "SharedModule",
     "TwoInputs", "KeywordInputs", "UnfoldableBNNet", "LowBitNet", "PlainConvNet", "ExecutionOrderNet",
-    "PreservationNet", "InplaceReluNet",
+    "PreservationNet", "InplaceReluNet", "TiedEmbedding", "TiedLinears", "ReusedActivation", "DropoutBNNet",
+    "DynamicCalls",
 ]
 
 
@@ -339,3 +340,89 @@ class InplaceReluNet(nn.Module):
     def forward(self, x):
         x = self.relu1(self.bn1(self.conv1(x)))
         return self.fc(self.flatten(self.relu2(self.conv2(x))))
+
+
+# ---- shared parameters, repeated calls, training mode (tests/test_adapter_edge_cases.py) ---------
+
+class TiedEmbedding(nn.Module):
+    """A language-model head tied to its embedding (``head.weight = emb.weight``), then a batch norm
+    that reads only the head's output: folding it would rescale the embedding too."""
+
+    def __init__(self, vocab: int = 12, dim: int = 6) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.fc = nn.Linear(dim, dim)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.emb.weight
+        self.bn = randomize_bn(nn.BatchNorm1d(vocab), seed=71)
+
+    def forward(self, ids):
+        h = self.act(self.fc(self.emb(ids).mean(dim=1)))
+        return self.bn(self.head(h))
+
+
+class TiedLinears(nn.Module):
+    """Two Linear layers sharing one weight (biases of their own), a ReLU between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_a = nn.Linear(6, 6)
+        self.relu = nn.ReLU()
+        self.fc_b = nn.Linear(6, 6)
+        self.fc_b.weight = self.fc_a.weight
+
+    def forward(self, x):
+        return self.fc_b(self.relu(self.fc_a(x)))
+
+
+class ReusedActivation(nn.Module):
+    """One ReLU6 instance called twice, on tensors of very different ranges (EfficientNet reuses
+    one activation module everywhere), and one Linear applied twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(4, 6)
+        self.act = nn.ReLU6()
+        self.shared = nn.Linear(6, 6)
+        self.fc_out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        small = self.act(self.fc_in(x) * 0.05)  # ranges to about 0.1
+        big = self.act(self.shared(small) * 40.0 + 3.0)  # ranges up to 6
+        return self.fc_out(self.shared(big))
+
+
+class DropoutBNNet(nn.Module):
+    """A dropout and a batch norm that cannot fold (after a functional add): a model whose outputs
+    change if it runs in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(6, 8)
+        self.bn = randomize_bn(nn.BatchNorm1d(8), seed=81)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.drop(self.bn(self.fc1(x) + self.fc2(x))))
+
+
+class DynamicCalls(nn.Module):
+    """The number of calls depends on the batch: ``extra`` runs only for batches of more than 4
+    rows, ``act`` once per row beyond 2 (at most 3 times)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+        self.extra = nn.Sigmoid()
+
+    def forward(self, x):
+        h = self.fc(x)
+        for _ in range(min(3, max(1, x.shape[0] - 2))):
+            h = self.act(h)
+        if x.shape[0] > 4:
+            h = self.extra(h)
+        return h

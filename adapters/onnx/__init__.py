@@ -31,6 +31,10 @@ What is a layer (key names as AIMET's ONNX QuantAnalyzer: the node name):
 * a MatMul with a constant weight followed by an Add of a constant bias is one layer (as
   ``nn.Linear`` exports and as runtimes execute it): weight and bias parameters, one output
   quantizer after the Add.
+* a constant tensor several layers read as a parameter (a tied weight) is one quantizer, named
+  after the first of them, and no batch norm folds into a layer whose weight or bias other nodes
+  read (``graph.unfolded_batch_norms`` says why). ONNX has no analogue of a module called twice:
+  each node runs once.
 * every layer's float outputs get an output quantizer, data movement (Reshape, Transpose,
   Flatten, ...) included: whether it quantizes is the quantsim config's choice, as in AIMET.
 * If / Loop / Scan nodes and their subgraphs stay in float and are listed in
@@ -74,7 +78,8 @@ class OnnxAdapter(Adapter):
         modules_to_ignore: node names (or NodeProtos) to leave unquantized.
 
     Raises:
-        QAValueError: the model cannot be read, is quantized already, or fails on dummy_input.
+        QAValueError: the model cannot be read (or its external data file is missing), is
+            quantized already, fails on dummy_input, or modules_to_ignore names no node of it.
 
     Example:
         >>> import numpy as np, onnx
@@ -198,7 +203,7 @@ class OnnxAdapter(Adapter):
     def _ortvalue(array: np.ndarray) -> Any:
         # No copy on the CPU; the OrtValue holds the array. A replaced value stays bound until the
         # next run, which rebinds it first (it is marked dirty), so freed memory is never read.
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        return ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"))  # 0-d stays 0-d
 
     def _scalars(self, elem: int, inv: float, scale: float, lo: float, hi: float) -> List[Any]:
         dtype = helper.tensor_dtype_to_np_dtype(elem)

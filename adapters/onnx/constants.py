@@ -64,5 +64,5 @@ class Constants:
             return False
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
             return False  # strings, sparse tensors: not weights
-        self.arrays[node.output[0]] = np.ascontiguousarray(value)
+        self.arrays[node.output[0]] = np.require(value, requirements="C")  # a scalar stays 0-d
         return True

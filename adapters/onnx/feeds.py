@@ -80,4 +80,4 @@ class Feeds:
         if dims is not None and (arr.ndim != len(dims)
                                  or any(d is not None and d > 0 and d != s for d, s in zip(dims, arr.shape))):
             raise QAValueError(f"{what}: input '{name}' has shape {list(arr.shape)}, the model expects {text}")
-        return np.ascontiguousarray(arr)
+        return np.require(arr, requirements="C")  # keeps a 0-d input 0-d (ascontiguousarray makes it 1-d)

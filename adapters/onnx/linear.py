@@ -82,6 +82,11 @@ def fold_batch_norms(work: Work) -> None:
     unit (:func:`qa.folding.fold_batch_norm`): the unit then makes the batch norm's output, a unit
     without a bias gets one (a MatMul an Add after it), and the batch norm node goes."""
     readers = count_readers(work.nodes, work.output_names)
+    consumers: Dict[str, List[str]] = {}
+    for n in work.nodes:
+        for i in dict.fromkeys(n.input):
+            if i:
+                consumers.setdefault(i, []).append(n.name)
     unit_by_output = {u.out_node.output[0]: u for u in work.units.values()}
     removed = set()
     for bn in list(work.nodes):
@@ -98,6 +103,11 @@ def fold_batch_norms(work: Work) -> None:
             continue  # BN's channel axis is 1: it matches the output features only for 2-D outputs
         if op == "ConvTranspose" and attr(unit.node, "group", 1) != 1:
             continue
+        reason = _shared(unit, consumers, work.output_names)
+        if reason is not None:
+            work.unfolded.append((bn.name, unit.node.name, reason))
+            log.info("%s: batch norm %s is not folded into %s: %s", work.source, bn.name, unit.node.name, reason)
+            continue
         if not _fold_values(unit, bn, work):
             continue
         del unit_by_output[x]
@@ -109,6 +119,26 @@ def fold_batch_norms(work: Work) -> None:
         work.nodes = [n for n in work.nodes if n.name not in removed]
         log.info("%s: folded %d batch norm(s): %s", work.source, len(work.folded),
                  ", ".join(f"{bn} -> {c}" for bn, c in work.folded))
+
+
+def _shared(unit: Unit, consumers: Dict[str, List[str]], outputs: List[str]) -> Optional[str]:
+    """Why the unit's stored weight or bias must keep its values (None: nothing else reads them).
+    Folding would give the unit its own copy, splitting a tensor that other nodes read as the same
+    one (a tied weight: one quantizer, as in torch, where the shared parameter cannot fold)."""
+    node = unit.node
+    tensors = [("weight", node.input[1])]
+    if unit.bias_node is not None:
+        tensors.append(("bias", unit.bias_node.input[unit.bias_slot]))
+    elif len(node.input) > 2 and node.input[2]:
+        tensors.append(("bias", node.input[2]))
+    own = {node.name} | ({unit.bias_node.name} if unit.bias_node is not None else set())
+    for what, tensor in tensors:
+        others = [n for n in consumers.get(tensor, []) if n not in own]
+        if others:
+            return f"its {what} '{tensor}' is shared with {', '.join(others)}"
+        if tensor in outputs:
+            return f"its {what} '{tensor}' is also a graph output"
+    return None
 
 
 def _fold_values(unit: Unit, bn: onnx.NodeProto, work: Work) -> bool:
@@ -123,6 +153,7 @@ def _fold_values(unit: Unit, bn: onnx.NodeProto, work: Work) -> bool:
         bias = unit.bias.astype(np.float64) * (float(attr(unit.node, "beta", 1.0)) if unit.node.op_type == "Gemm" else 1.0)
         if bias.ndim > 1 and not _bias_shape_ok(bias, gamma.size):
             return False
+    unit.folded = True
     unit.weight, new_b = fold_batch_norm(unit.weight, bias, mean=mean, var=var, gamma=gamma, beta=beta,
                                          eps=float(attr(bn, "epsilon", 1e-5)), axis=axis, name=unit.node.name)
     same_size = unit.bias is not None and unit.bias.size == new_b.size

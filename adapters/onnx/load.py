@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Tuple
+from typing import Any, Iterator, Tuple
 
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, external_data_helper
 
 from ...errors import QAValueError
-from .nodes import STANDARD_DOMAINS, all_nodes
+from .nodes import STANDARD_DOMAINS, all_nodes, subgraphs
 
 __all__ = ["load_model", "upgrade_opset", "without_graph", "MIN_OPSET"]
 
@@ -36,8 +36,9 @@ def load_model(model: Any) -> Tuple[onnx.ModelProto, str]:
         (model, description) where the description names the file or the graph.
 
     Raises:
-        QAValueError: the file is missing, malformed or truncated, the model is quantized
-            already, or a ModelProto refers to external data that was not loaded.
+        QAValueError: the file is missing, malformed or truncated, an external data file it
+            names is missing (the error says which and where it was looked for), the model is
+            quantized already, or a ModelProto refers to external data that was not loaded.
     """
     if isinstance(model, onnx.ModelProto):
         loaded = model
@@ -60,12 +61,40 @@ def _load_file(path: str) -> Tuple[onnx.ModelProto, str]:
     if not os.path.isfile(path):
         raise QAValueError(f"{source} not found")
     try:
-        return onnx.load(path, load_external_data=True), source
-    except FileNotFoundError as e:
-        raise QAValueError(f"{source}: external data file not found ({e})") from None
+        model = onnx.load(path, load_external_data=False)
     except Exception as e:
         raise QAValueError(f"{source} is not a valid ONNX model (malformed or truncated file): "
                            f"{type(e).__name__}: {e}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    external = list(_external_tensors(model.graph))
+    for t in external:  # onnx would call a missing data file a malformed model
+        location = external_data_helper.ExternalDataInfo(t).location
+        looked = os.path.join(folder, location)
+        if not os.path.isfile(looked):
+            raise QAValueError(f"{source}: tensor '{t.name}' is stored in the external data file '{location}', "
+                               f"which is missing (looked for {looked}); keep the data file next to the .onnx "
+                               f"file, where it was saved")
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, folder)
+        except Exception as e:
+            raise QAValueError(f"{source}: its external data in {folder} cannot be read (truncated, or saved for "
+                               f"another model?): {type(e).__name__}: {e}") from None
+    return model, source
+
+
+def _external_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """The tensors of a graph and its subgraphs (initializers, Constant values) whose data is in a file."""
+    for t in graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            yield t
+    for node in graph.node:
+        for a in node.attribute:
+            for t in ([a.t] if a.type == onnx.AttributeProto.TENSOR else list(a.tensors)):
+                if external_data_helper.uses_external_data(t):
+                    yield t
+        for g in subgraphs(node):
+            yield from _external_tensors(g)
 
 
 def _check_usable(model: onnx.ModelProto, source: str) -> None:

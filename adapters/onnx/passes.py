@@ -31,6 +31,7 @@ from onnx import TensorProto, helper
 
 from ...errors import QAValueError
 from ...graph import QuantGraph
+from .._base import check_ignored
 from .linear import find_linear_units, fold_batch_norms
 from .load import without_graph
 from .nodes import CONTROL_FLOW, count_readers, subgraph_reads
@@ -49,10 +50,13 @@ def prepare(model: onnx.ModelProto, source: str, ignored: Iterable[str] = ()) ->
     work = Work.start(model, source, ignored)
     for step in PASSES:
         step(work)
+        if step is name_nodes:
+            check_ignored(work.ignored, work.names, f"a node of {source}")
     initializers = prune_dead_nodes(work)
     graph = QuantGraph(work.layers)
     graph.unquantized_ops = work.unquantized
     graph.folded_batch_norms = work.folded
+    graph.unfolded_batch_norms = work.unfolded
     prepared = Prepared(work.nodes, initializers, list(model.graph.sparse_initializer), work.inputs,
                         list(model.graph.output), work.params, work.points, work.types)
     return graph, prepared
@@ -77,6 +81,7 @@ def name_nodes(work: Work) -> None:
             k += 1
         node.name = name
         used.add(name)
+    work.names = [n.name for n in work.nodes]
 
 
 def sort_nodes(work: Work) -> None:

@@ -20,7 +20,12 @@ def insert_quantizers(work: Work) -> None:
     with its absorbed Add is one layer), with quantizers named as AIMET names them: each constant
     parameter becomes a graph input, each float model input the node reads gets an input
     quantizer point, each float output an output quantizer point. Control-flow nodes and their
-    subgraphs stay in float; ignored nodes are no layers."""
+    subgraphs stay in float; ignored nodes are no layers.
+
+    A constant tensor that several layers read as a parameter (a tied weight) is one graph input
+    and one quantizer, named after the first layer, listed by every layer that reads it; other
+    run-time nodes that read it read that graph input too, so that it is one tensor everywhere
+    (as a shared ``nn.Parameter`` is in torch)."""
     _Inserter(work).run()
 
 
@@ -32,6 +37,7 @@ class _Inserter:
         self.taken = {o for n in work.nodes for o in n.output} | self.input_names | work.initializer_names
         self.producer_layer: Dict[str, str] = {}
         self.index = {n.name: i for i, n in enumerate(work.nodes)}
+        self.shared: Dict[str, Tuple[Param, Quantizer]] = {}  # constant tensor -> its parameter
 
     def run(self) -> None:
         work = self.work
@@ -50,6 +56,12 @@ class _Inserter:
             self.input_points(layer, node)
             self.output_points(layer, node, out_node)
             work.layers.append(layer)
+        for node in work.nodes:  # other run-time reads of a parameter read its graph input (one tensor)
+            if node.name in work.constant_nodes:
+                continue
+            for slot, name in enumerate(node.input):
+                if name in self.shared:
+                    node.input[slot] = self.shared[name][0].input
 
     def fresh(self, name: str) -> str:
         """A tensor name no other tensor of the graph uses (suffixed with _ until free)."""
@@ -72,23 +84,34 @@ class _Inserter:
     def params(self, layer: Layer, node: onnx.NodeProto, unit: Optional[Unit]) -> None:
         work = self.work
         if unit is not None:
-            self.param(layer, "weight", node, 1, unit.weight, unit.weight_axis)
+            self.param(layer, "weight", node, 1, unit.weight, unit.weight_axis, not unit.folded)
             if unit.bias is not None:
-                self.param(layer, "bias", unit.out_node, unit.bias_slot, unit.bias, None)
+                self.param(layer, "bias", unit.out_node, unit.bias_slot, unit.bias, None, not unit.folded)
             return
         for pname, slot in _param_slots(node, work):
             if slot < len(node.input) and work.const_float(node.input[slot]):
-                self.param(layer, pname, node, slot, work.consts.get(node.input[slot]), None)
+                self.param(layer, pname, node, slot, work.consts.get(node.input[slot]), None, True)
 
     def param(self, layer: Layer, pname: str, node: onnx.NodeProto, slot: int, values: np.ndarray,
-              axis: Optional[int]) -> None:
+              axis: Optional[int], as_stored: bool) -> None:
+        """Make the parameter at ``node.input[slot]`` a graph input with a quantizer; ``as_stored``:
+        the values are the tensor's own (not folded), so layers reading the same tensor share it."""
+        tensor = node.input[slot] if as_stored else None
+        if tensor is not None and tensor in self.shared:
+            param, q = self.shared[tensor]
+            node.input[slot] = param.input
+            layer.quantizers.append(q)
+            return
         qname = f"{layer.name}_{pname}"
         graph_input = self.fresh(f"{PREFIX}{qname}")
-        values = np.ascontiguousarray(values)
+        values = np.require(values, requirements="C")  # a 0-d parameter stays 0-d
         node.input[slot] = graph_input
-        self.work.params[qname] = Param(qname, graph_input, values, helper.np_dtype_to_tensor_dtype(values.dtype))
-        layer.quantizers.append(Quantizer(name=qname, layer=layer.name, kind=PARAM, param=pname,
-                                          shape=tuple(values.shape), axis=axis))
+        param = Param(qname, graph_input, values, helper.np_dtype_to_tensor_dtype(values.dtype))
+        self.work.params[qname] = param
+        q = Quantizer(name=qname, layer=layer.name, kind=PARAM, param=pname, shape=tuple(values.shape), axis=axis)
+        layer.quantizers.append(q)
+        if tensor is not None:
+            self.shared[tensor] = (param, q)
 
     def point(self, qname: str, src: str, dst: str, elem: int, node: str, slot: int, is_input: bool) -> None:
         names = tuple(self.fresh(f"{PREFIX}{qname}::{suffix}") for suffix in ("inv", "scale", "lo", "hi", "on"))

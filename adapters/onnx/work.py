@@ -28,6 +28,7 @@ class Unit:
     bias_node: Optional[onnx.NodeProto] = None  # the Add (MatMul + Add), else the bias is an input of node
     bias_slot: int = 2
     foldable: bool = True
+    folded: bool = False  # a batch norm was folded in: weight and bias are no longer the stored tensors
 
     @property
     def out_node(self) -> onnx.NodeProto:
@@ -74,6 +75,8 @@ class Work:
     units: Dict[str, Unit] = field(default_factory=dict)  # node name -> its linear unit
     absorbed: Set[str] = field(default_factory=set)  # bias Adds that are part of a unit
     folded: List[Tuple[str, str]] = field(default_factory=list)  # (batch norm, layer)
+    unfolded: List[Tuple[str, str, str]] = field(default_factory=list)  # (batch norm, layer, why not)
+    names: List[str] = field(default_factory=list)  # every node name, after name_nodes
     layers: List[Layer] = field(default_factory=list)
     unquantized: List[str] = field(default_factory=list)  # what stays in float, in words
     params: Dict[str, Param] = field(default_factory=dict)

@@ -1,8 +1,22 @@
-"""Plain-language evidence and suggestions for the dashboard: why a layer hurts and what to try."""
+"""Plain-language evidence and suggestions for the dashboard: why a layer hurts and what to try.
+
+When the numbers mean something (rules that hold for any metric eval_callback returns):
+
+* Percentages of the FP32 score are given only when FP32 and the fully quantized score have the
+  same sign and |FP32| is at least half the spread of all scores (the four configurations and
+  both per-layer sweeps). Otherwise the score sits near 0 on its own scale (a negative MSE, a
+  log-likelihood), and "7.7e-07 is 1114136574750% of FP32" says nothing.
+* A loss (the total drop, or a culprit's cost or gain) matters, with meaningful percentages,
+  from 1% of |FP32| (``MATERIAL``): below that the report shows the numbers and the ranking but
+  suggests no change. Without meaningful percentages the metric's scale is unknown: the report
+  says so and words every suggestion as "if a loss of X matters for this metric, try". A NaN or
+  infinite score always matters.
+"""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 from ._load import LayerView, QuantizerView, Results
 
@@ -11,15 +25,23 @@ CLIPPED_NOTABLE = 0.01  # share of values outside the encoding range
 OUTLIER_NOTABLE = 4.0  # largest |x| over the 99th percentile of |x|
 ZERO_NOTABLE = 0.25  # share of weights that quantize to 0
 SPREAD_NOTABLE = 4.0  # widest channel range over the median channel range
-SMALL_DROP = 0.01  # a loss within 1% of |FP32| counts as small
+MATERIAL = 0.01  # a loss matters from 1% of |FP32| (when percentages are meaningful)
+MANY = 10  # at most this many layers with a NaN score are named one by one
+INF = float("inf")
 
 
 def fmt(v: Optional[float]) -> str:
     """A score or statistic for people: about four significant digits."""
     if v is None:
         return "n/a"
+    if v != v:
+        return "NaN"
+    if abs(v) == INF:
+        return "\u221e" if v > 0 else "\u2212\u221e"
     v = v + 0.0  # no "-0"
     a = abs(v)
+    if a >= 1e7:
+        return f"{v:.4g}"
     if a >= 1000:
         return f"{v:,.0f}"
     if a >= 100:
@@ -36,11 +58,20 @@ def signed(v: Optional[float]) -> str:
 
 
 def pct(v: Optional[float]) -> str:
-    if v is None:
+    if v is None or v != v or abs(v) == INF:
         return "n/a"
     if 0 < v < 0.001:
         return "<0.1%"
     return f"{100 * v:.1f}%"
+
+
+def _times(ratio: float) -> str:
+    """"4.2\u00d7": one decimal for the ratios people compare, fmt's digits for absurd ones."""
+    return (f"{ratio:.1f}" if abs(ratio) < 1000 else fmt(ratio)) + "\u00d7"
+
+
+def _word(reason: Optional[str]) -> str:
+    return {"nan": "NaN", "inf": "infinite", "-inf": "minus infinity"}.get(reason or "nan", str(reason))
 
 
 def _range(q: QuantizerView) -> str:
@@ -65,21 +96,29 @@ def quantizer_evidence(q: QuantizerView) -> str:
     if s.get("clipped_fraction") is not None:
         parts.append(f"{pct(s['clipped_fraction'])} clipped")
     if s.get("outlier_ratio"):
-        parts.append(f"largest |{'w' if q.is_param else 'x'}| is {s['outlier_ratio']:.1f}\u00d7 the 99th percentile")
+        parts.append(f"largest |{'w' if q.is_param else 'x'}| is {_times(s['outlier_ratio'])} the 99th percentile")
     spread = q.channel_spread()
     if spread:
-        parts.append(f"widest channel range {spread:.1f}\u00d7 the median")
+        parts.append(f"widest channel range {_times(spread)} the median")
     return "; ".join(parts)
 
 
 def layer_evidence(r: Results, layer: LayerView) -> List[str]:
     lines = []
-    if layer.enabled is not None:
+    if layer.enabled_nonfinite:
+        lines.append(f"Only this layer quantized: the score is {_word(layer.enabled_nonfinite)} (FP32 {fmt(r.fp32)})")
+    elif layer.enabled is not None:
         cost = signed(-layer.cost if layer.cost is not None else None)
         lines.append(f"Only this layer quantized: {fmt(layer.enabled)} ({cost} vs FP32 {fmt(r.fp32)})")
-    if layer.disabled is not None:
-        lines.append(f"All but this layer quantized: {fmt(layer.disabled)} ({signed(layer.gain)} vs fully quantized "
-                     f"{fmt(r.quantized)})")
+    if layer.disabled_nonfinite:
+        lines.append(f"All but this layer quantized: the score is {_word(layer.disabled_nonfinite)}")
+    elif layer.disabled is not None:
+        if "quantized" in r.nonfinite:
+            lines.append(f"All but this layer quantized: {fmt(layer.disabled)} (fully quantized: "
+                         f"{_word(r.nonfinite['quantized'])})")
+        else:
+            lines.append(f"All but this layer quantized: {fmt(layer.disabled)} ({signed(layer.gain)} vs fully "
+                         f"quantized {fmt(r.quantized)})")
     if layer.sqnr_db is not None:
         line = f"Output SQNR {fmt(layer.sqnr_db)} dB, MSE {fmt(layer.mse)}"
         if layer.sqnr_jump_db is not None:
@@ -103,6 +142,10 @@ def _weights_are_the_problem(r: Results, layer: LayerView) -> bool:
 def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
     """What to try for one culprit layer, most promising first."""
     out: List[str] = []
+    if layer.enabled_nonfinite:
+        out.append(f"Keep {layer.name} in float (modules_to_ignore, or is_quantized False for its weights and "
+                   f"outputs in the config): quantizing it makes the score {_word(layer.enabled_nonfinite)}; then "
+                   "look at its ranges below for the reason (a range of 0, NaN weights, an overflow).")
     if _weights_are_the_problem(r, layer):
         # Biases are tiny and have no channel axis to split: advise on the weights proper.
         for q in [q for q in layer.weights if q.param != "bias"] or layer.weights:
@@ -111,7 +154,8 @@ def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
                 out.append(f"Quantize {q.name} per channel (per_channel_quantization in the quantsim config): "
                            "one scale per output channel instead of one for the whole tensor.")
             if q.bitwidth and q.bitwidth < 8:
-                out.append(f"Or keep {q.name} at 8 bits (an op_type or params override of the bitwidth in the config).")
+                out.append(f"{'Or keep' if out else 'Keep'} {q.name} at 8 bits (an op_type or params override of "
+                           "the bitwidth in the config).")
             elif q.per_channel:
                 out.append(f"Keep {q.name} at a higher bitwidth (16-bit) or in float, or try AdaRound.")
             if (s.get("outlier_ratio") or 0) >= OUTLIER_NOTABLE or (q.channel_spread() or 0) >= SPREAD_NOTABLE:
@@ -124,7 +168,7 @@ def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
             out.append(f"{pct(clipped)} of {q.name} is clipped: calibrate with more representative data, or use "
                        "'tf' (min-max) or a higher percentile for this range.")
         elif ratio >= OUTLIER_NOTABLE:
-            out.append(f"Rare large values stretch {q.name} ({ratio:.1f}\u00d7 the 99th percentile): check the "
+            out.append(f"Rare large values stretch {q.name} ({_times(ratio)} the 99th percentile): check the "
                        "activation outliers; 'tf_enhanced' or 'percentile' clip them, 16-bit activations keep them.")
     if not out or not any("float" in s or "16-bit" in s for s in out):
         out.append("If that is not enough: keep this layer in 16-bit or float (mixed precision, or "
@@ -132,25 +176,115 @@ def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
     return out
 
 
-def headline(r: Results) -> Tuple[str, List[str]]:
+def spread(r: Results) -> float:
+    """Largest minus smallest of every finite score."""
+    values = r.all_scores()
+    return max(values) - min(values) if values else 0.0
+
+
+def percent_meaningful(r: Results) -> bool:
+    """Whether a loss as a share of |FP32| means anything (the first rule above)."""
+    fp32, q = r.fp32, r.quantized
+    return fp32 is not None and q is not None and fp32 != 0 and fp32 * q >= 0 and abs(fp32) >= spread(r) / 2
+
+
+def matters(r: Results, loss: Optional[float]) -> bool:
+    """Whether a loss is worth a suggestion (the second rule above); True where the scale is unknown."""
+    if loss is None or not loss > 0:
+        return False
+    if loss == INF or not percent_meaningful(r):
+        return True
+    return loss >= MATERIAL * abs(r.fp32 or 0.0)
+
+
+def try_label(r: Results, loss: Optional[float]) -> str:
+    """"Try:", or where the metric's scale is unknown, "If a loss of X matters for this metric, try:"."""
+    if loss is None or loss == INF or percent_meaningful(r):
+        return "Try:"
+    return f"If a loss of {fmt(loss)} matters for this metric, try:"
+
+
+def alerts(r: Results, quoted: Sequence[str] = ()) -> List[str]:
+    """What the dashboard says before anything else: NaN/inf scores in plain words, then the
+    problems the analysis found (summary.json's ``problems``) that the verdict does not quote."""
+    out: List[str] = []
+    if "fp32" in r.nonfinite:
+        out.append(f"The FP32 score is {_word(r.nonfinite['fp32'])}: check the model and eval_callback.")
+    for key, label in (("weights", "weights-only"), ("activations", "activations-only"),
+                       ("quantized", "fully quantized")):
+        if key in r.nonfinite:
+            out.append(f"The {label} score is {_word(r.nonfinite[key])}.")
+    alone = [layer for layer in r.layers if layer.enabled_nonfinite]
+    for layer in alone[:MANY]:
+        worst = ": it is the worst layer" if len(alone) == 1 else ""
+        out.append(f"Quantizing layer {layer.name} alone makes the score {_word(layer.enabled_nonfinite)}{worst}.")
+    if len(alone) > MANY:
+        out.append(f"And {len(alone) - MANY} more layers whose quantization alone makes the score NaN or infinite.")
+    but = [layer for layer in r.layers if layer.disabled_nonfinite]
+    for layer in but[:MANY]:
+        out.append(f"With every layer but {layer.name} quantized, the score is {_word(layer.disabled_nonfinite)}.")
+    if len(but) > MANY:
+        out.append(f"And {len(but) - MANY} more layers with a NaN or infinite score when all but them are quantized.")
+    # The analysis words the same NaN scores as problems too; they are said above, from the data.
+    said = bool(r.nonfinite or alone or but)
+    out += [p for p in r.problems if not (said and "score" in p.lower()) and p not in quoted]
+    return out
+
+
+@dataclass
+class Verdict:
+    """What the dashboard says first: a title, the next steps, and whether it is good news."""
+
+    title: str
+    steps: List[str]
+    ok: bool = False
+    quoted: List[str] = field(default_factory=list)  # problems the steps already say
+
+
+def headline(r: Results) -> Verdict:
     """The verdict and the next steps, for someone who reads nothing else."""
+    if r.active_quantizers == 0:
+        why = [p for p in r.problems if "quantiz" in p.lower()][:3]
+        return Verdict("Nothing was quantized: no quantizer is active, so every score here is the FP32 model's.",
+                       [*(f"Why: {p}" for p in why),
+                        "Check the quantsim config (is_quantized, is_output_quantized, the op_type and params "
+                        "overrides) and modules_to_ignore, then run the analysis again."], quoted=why)
+    if "fp32" in r.nonfinite:
+        return Verdict(f"The FP32 score is {_word(r.nonfinite['fp32'])}: check the model and eval_callback.",
+                       ["Every comparison with FP32 is meaningless until the FP32 score is a number: run "
+                        "eval_callback on the float model alone and fix what makes it fail."])
+    culprits = r.culprits(3)
     drop = r.total_drop
-    steps: List[str] = []
+    if drop is None and "quantized" in r.nonfinite:
+        steps = []
+        rescued = [c for c in culprits if c.gain == INF]
+        if rescued:
+            steps.append(f"Leaving only {rescued[0].name} in float brings the score back to a number "
+                         f"({fmt(rescued[0].disabled)}).")
+        steps += _culprit_steps(r, culprits, None)
+        return Verdict(f"The fully quantized score is {_word(r.nonfinite['quantized'])} (FP32: {fmt(r.fp32)}).", steps)
     if drop is None:
         status = r.text("status", "unknown")
-        return (f"The analysis did not report both the FP32 and the fully quantized score (status: {status}).",
-                ["Check the error shown above, fix the callback or model, and run the analysis again."])
-    rel = abs(drop) / abs(r.fp32) if r.fp32 else abs(drop)
-    culprits = r.culprits(3)
-    if drop <= 0 or rel < SMALL_DROP:
+        return Verdict(f"The analysis did not report both the FP32 and the fully quantized score (status: {status}).",
+                       ["Check the error shown above, fix the callback or model, and run the analysis again."])
+    meaningful = percent_meaningful(r)
+    rel = abs(drop) / abs(r.fp32) if meaningful and r.fp32 else None
+    nan_first = [_nan_step(c) for c in culprits[:1] if c.enabled_nonfinite]
+    if drop <= 0 or (rel is not None and rel < MATERIAL):
         title = (f"Quantization costs little: {fmt(r.fp32)} in FP32, {fmt(r.quantized)} fully quantized "
                  f"({signed(-drop)}).")
-        steps.append("This model quantizes well with these settings; the per-layer pages show what little is left.")
-        if culprits:
+        steps = [*nan_first, "This model quantizes well with these settings; the per-layer pages show what little "
+                 "is left."]
+        if culprits and not nan_first:
             steps.append(f"The most sensitive layer is {culprits[0].name} ({signed(-(culprits[0].cost or 0))} "
                          "when quantized alone).")
-        return title, steps
-    title = f"Quantization costs {fmt(drop)} ({pct(rel)}): {fmt(r.fp32)} in FP32, {fmt(r.quantized)} fully quantized."
+        return Verdict(title, steps, ok=not nan_first)
+    share = f" ({pct(rel)})" if rel is not None else ""
+    title = f"Quantization costs {fmt(drop)}{share}: {fmt(r.fp32)} in FP32, {fmt(r.quantized)} fully quantized."
+    steps = list(nan_first)
+    if not meaningful:
+        steps.append("The scores sit near 0 on their own scale (|FP32| is small next to their spread), so no "
+                     "percentage is given: whether this loss matters depends on the metric.")
     w, a = r.scores["weights"], r.scores["activations"]
     if w is not None and a is not None and r.fp32 is not None:
         wd, ad = r.fp32 - w, r.fp32 - a
@@ -166,17 +300,37 @@ def headline(r: Results) -> Tuple[str, List[str]]:
     if not culprits:
         steps.append("No single layer stands out: the loss is spread over many layers. Try per-channel weights, "
                      "a higher bitwidth, or another quant scheme for the whole model.")
-        return title, steps
-    top = culprits[0]
+        return Verdict(title, steps)
+    steps += _culprit_steps(r, culprits, drop, said=bool(nan_first))
+    return Verdict(title, steps)
+
+
+def _nan_step(layer: LayerView) -> str:
+    return (f"Quantizing layer {layer.name} alone makes the score {_word(layer.enabled_nonfinite)}: it is the worst "
+            "layer.")
+
+
+def _culprit_steps(r: Results, culprits: List[LayerView], drop: Optional[float], said: bool = False) -> List[str]:
+    """Where to start (the top culprit), what to try for it, and what comes next."""
+    if not culprits:
+        return []
+    top, steps = culprits[0], []
+    cost = top.cost if top.cost is not None and top.cost != INF and top.cost > 0 else None
     share = ""
-    if top.cost is not None and drop > 0:
-        share = f" Quantizing it alone costs {fmt(top.cost)}, {pct(min(top.cost / drop, 9.99))} of the total loss."
-    steps.append(f"Start with {top.name} ({top.type or 'layer'}).{share}")
-    first = layer_suggestions(r, top)[0]
-    steps.append(f"Try: {first}")
-    if top.gain is not None and top.gain > 0:
+    if cost is not None and drop is not None and drop > 0 and percent_meaningful(r):
+        share = f" Quantizing it alone costs {fmt(cost)}, {pct(min(cost / drop, 9.99))} of the total loss."
+    elif cost is not None:
+        share = f" Quantizing it alone costs {fmt(cost)}."
+    if not said:
+        steps.append(f"Start with {top.name} ({top.type or 'layer'}).{share}")
+    if matters(r, top.impact):
+        steps.append(f"{try_label(r, top.impact)} {layer_suggestions(r, top)[0]}")
+    else:
+        steps.append(f"Its effect ({fmt(top.impact)}) is under {pct(MATERIAL)} of the FP32 score: nothing needs to "
+                     "change for it.")
+    if top.gain is not None and 0 < top.gain < INF and drop is not None:
         steps.append(f"Leaving only {top.name} in float recovers {fmt(top.gain)} of the {fmt(drop)}.")
     if len(culprits) > 1:
         steps.append("Next: " + ", ".join(c.name for c in culprits[1:]) + " (details below).")
     steps.append("Then run the analysis again and compare.")
-    return title, steps
+    return steps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import altair as alt
 
@@ -30,20 +30,39 @@ def vegalite_version() -> str:
     return ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
 
 
-def _clean(value: Any) -> Any:
-    """JSON for a browser: non-finite floats become null, floats keep 7 significant digits."""
+LIMIT = 1e100  # beyond this no value is drawn (as _load.LIMIT): Vega's domains and sums overflow near 1e308
+
+
+def _clean(value: Any, dropped: List[int]) -> Any:
+    """JSON for a browser: floats keep 7 significant digits; NaN, inf and values beyond +-LIMIT
+    become null (Vega leaves them out) and are counted in ``dropped[0]``."""
     kind = type(value)
-    if kind is int or kind is str or kind is bool or value is None:
+    if kind is str or kind is bool or value is None:
         return value
     if kind is dict:
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: _clean(v, dropped) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [_clean(v) for v in value]
+        return [_clean(v, dropped) for v in value]
     try:
         v = float(value)
     except (TypeError, ValueError):
         return str(value)
-    return float(f"{v:.7g}") if math.isfinite(v) else None
+    except OverflowError:  # an int of hundreds of digits
+        v = math.inf
+    if math.isfinite(v) and abs(v) <= LIMIT:
+        return value if kind is int else float(f"{v:.7g}")
+    dropped[0] += 1
+    return None
+
+
+def _datasets(datasets: Dict[str, Sequence[Dict[str, Any]]]) -> Tuple[Dict[str, Any], int]:
+    dropped = [0]
+    return {k: _clean(list(v), dropped) for k, v in datasets.items()}, dropped[0]
+
+
+def left_out(spec: Dict[str, Any]) -> int:
+    """How many values of the chart's data were NaN, infinite or too large to draw (left out)."""
+    return int(spec.get("usermeta", {}).get("qa_left_out", 0))
 
 
 def _x_axis(title: str, rows: int, **kwargs: Any) -> alt.Axis:
@@ -59,7 +78,10 @@ def spec(chart: alt.TopLevelMixin, **datasets: Sequence[Dict[str, Any]]) -> Dict
     out = chart.to_dict(validate=False)
     out.pop("$schema", None)  # a URL; vega-embed is told the mode instead
     out["config"] = {**CONFIG, **out.get("config", {})}
-    out.setdefault("datasets", {}).update({k: _clean(list(v)) for k, v in datasets.items()})
+    data, dropped = _datasets(datasets)
+    out.setdefault("datasets", {}).update(data)
+    if dropped:
+        out["usermeta"] = {"qa_left_out": dropped}
     return out
 
 
@@ -76,7 +98,7 @@ NUM = ".4~g"
 
 def _diverging(rows: List[Dict[str, Any]], key: str) -> alt.Scale:
     """Red for negative, blue for positive, white at 0, symmetric so that small gains stay pale."""
-    m = max([abs(r[key]) for r in rows if isinstance(r.get(key), (int, float))] + [1e-9])
+    m = max([abs(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and abs(r[key]) <= LIMIT] + [1e-9])
     return alt.Scale(scheme="redblue", domain=[-m, m], clamp=True)
 
 
@@ -246,7 +268,9 @@ def _filled(template: Dict[str, Any], texts: Dict[str, str], **datasets: Sequenc
         return texts.get(v, v) if isinstance(v, str) else v
 
     out = walk(template)
-    out["datasets"] = {k: _clean(list(rows)) for k, rows in datasets.items()}
+    out["datasets"], dropped = _datasets(datasets)
+    if dropped:
+        out["usermeta"] = {"qa_left_out": dropped}
     return out
 
 

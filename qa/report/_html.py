@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -19,14 +20,16 @@ import vl_convert
 from .._version import __version__
 from ..errors import QAError
 from . import ResultsDir, _charts
-from ._advice import fmt, headline, layer_evidence, layer_suggestions, pct, quantizer_evidence, signed
+from ._advice import (alerts, fmt, headline, layer_evidence, layer_suggestions, matters, pct, quantizer_evidence,
+                      signed, try_label)
 from ._assets import CSS, JS
-from ._load import HistogramView, QuantizerView, Results, load_results, read_json
+from ._load import LIMIT, MAX_BITWIDTH, HistogramView, QuantizerView, Results, load_results, num, validate
 
 log = logging.getLogger("qa")
 
 STATIC = PurePosixPath("_static")
 BUNDLE, STYLESHEET, SCRIPT = STATIC / "qa_vega.js", STATIC / "qa.css", STATIC / "qa.js"
+MANIFEST = STATIC / "pages.json"  # the pages and images the last build wrote, so the next removes what it does not
 INDEX = PurePosixPath("index.html")
 ENABLED, DISABLED = PurePosixPath("per_layer_quant_enabled.html"), PurePosixPath("per_layer_quant_disabled.html")
 MSE = PurePosixPath("per_layer_mse_loss.html")
@@ -35,6 +38,10 @@ ACTIVATION_RANGES = PurePosixPath("min_max_ranges/activations.html")
 EXPORTS = "charts"  # PNG/SVG exports: charts/<page path>_<chart>.png
 HIST_BINS, CHANNEL_BINS = 256, 96
 TOP_SORTED = 25
+# Paths the report writes (and only those): a stale one in the manifest is removed, nothing else ever is.
+OWN_FILES = re.compile(r"(index|per_layer_quant_enabled|per_layer_quant_disabled|per_layer_mse_loss)\.html"
+                       r"|(min_max_ranges|activations_pdf)/\w+\.html|weights_pdf/\w+/\w+\.html"
+                       r"|charts/(\w+/){0,2}\w+\.(png|svg)")
 DESCRIBED = {ENABLED: "score with only one layer quantized, per layer",
              DISABLED: "score with all but one layer quantized, per layer",
              MSE: "output MSE and SQNR of every layer",
@@ -67,7 +74,7 @@ def templates() -> jinja2.Environment:
                              keep_trailing_newline=True)
     env.filters.update(script_json=script_json, fmt=fmt, pct=pct, signed=signed)
     env.globals.update(version=__version__, INDEX=INDEX, STYLESHEET=STYLESHEET, BUNDLE=BUNDLE, SCRIPT=SCRIPT,
-                       DESCRIBED=DESCRIBED)
+                       DESCRIBED=DESCRIBED, inf=float("inf"))
     return env
 
 
@@ -85,12 +92,11 @@ def _grid(q: QuantizerView, most_levels: int = 64) -> List[float]:
     enc = q.encoding
     if not isinstance(enc, dict):
         return []
-    scale, offset, bw = enc.get("scale"), enc.get("offset"), enc.get("bitwidth")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (scale, offset, bw)):
+    scale, offset, bw = num(enc.get("scale")), num(enc.get("offset")), q.bitwidth  # bw: 1..64 or None
+    if scale is None or offset is None or bw is None or not scale > 0 or 2 ** bw > most_levels:
         return []
-    if not 0 < scale < float("inf") or not 1 <= bw or 2 ** bw > most_levels:
-        return []
-    return [(offset + k) * scale for k in range(2 ** int(bw))]
+    grid = [(offset + k) * scale for k in range(2 ** bw)]
+    return grid if all(abs(g) <= LIMIT for g in grid) else []
 
 
 def _bins(total: float, most: int) -> int:
@@ -121,6 +127,10 @@ class Page:
         return quote(rel) + (f"#{quote(anchor)}" if anchor else "")
 
     def chart(self, key: str, spec: Dict[str, Any], caption: str = "") -> Chart:
+        n = _charts.left_out(spec)
+        if n:  # said, not hidden: NaN, inf or absurd values in the files
+            note = f"{n} value{'s' if n > 1 else ''} NaN, infinite or beyond \u00b11e100: left out of this chart."
+            caption = f"{caption} {note}" if caption else note
         chart = Chart(key, f"qa-spec-{len(self.charts)}", spec, caption)
         self.charts.append(chart)
         return chart
@@ -128,10 +138,10 @@ class Page:
 
 class _Builder:
     def __init__(self, results_dir: Any, png: bool, svg: bool) -> None:
-        self.out = ResultsDir(results_dir)
+        self.out = ResultsDir(results_dir, create=False)  # qa report on a missing folder creates nothing
         self.root = self.out.root
         self.png, self.svg = png, svg
-        self.r: Results = load_results(self.root, self.json_rel)
+        self.r: Results = load_results(self.out, self.json_rel)
         self.written: List[Path] = []
         self.vl_version = _charts.vegalite_version()
         self.nav: List[Tuple[PurePosixPath, str]] = [(INDEX, "Dashboard")]
@@ -158,9 +168,16 @@ class _Builder:
         return path
 
     def write_text(self, rel: PurePosixPath, text: str) -> None:
-        path = self.target(rel)
-        self.out.write_text(text, path)
-        self.written.append(path)
+        self._write(self.target(rel), text.encode("utf-8"))
+
+    def _write(self, path: Path, data: bytes) -> None:
+        self.out.write_bytes(data, path)
+        if path not in self.written:
+            self.written.append(path)
+
+    def data_link(self, rel: PurePosixPath) -> Optional[PurePosixPath]:
+        """rel when the page may link to it: one of this run's files, and there."""
+        return rel if self.r.readable(rel) else None
 
     def write_page(self, page: Page, template: str, **context: Any) -> None:
         """Render one page template; every page template extends base.html.j2."""
@@ -173,24 +190,18 @@ class _Builder:
     def export(self, rel: PurePosixPath, key: str, spec: Dict[str, Any]) -> None:
         stem = f"{rel.stem}_{key}"
         folder = (EXPORTS, *rel.parent.parts)
-        try:
-            if self.png:
-                path = self.out.path(*folder, f"{stem}.png")
-                data = vl_convert.vegalite_to_png(spec, vl_version=self.vl_version, scale=2)
-                self._write_bytes(path, data)
-            if self.svg:
-                path = self.out.path(*folder, f"{stem}.svg")
-                self.out.write_text(vl_convert.vegalite_to_svg(spec, vl_version=self.vl_version), path)
-                self.written.append(path)
-        except (ValueError, RuntimeError) as e:  # vl-convert reports bad specs as ValueError
-            log.warning("could not export the chart %s of %s: %s", key, rel, e)
-
-    def _write_bytes(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        self.written.append(path)
+        for suffix, enabled in (("png", self.png), ("svg", self.svg)):
+            if not enabled:
+                continue
+            try:
+                if suffix == "png":
+                    data = vl_convert.vegalite_to_png(spec, vl_version=self.vl_version, scale=2)
+                else:
+                    data = vl_convert.vegalite_to_svg(spec, vl_version=self.vl_version).encode("utf-8")
+            except (ValueError, RuntimeError) as e:  # vl-convert reports bad specs as ValueError
+                log.warning("could not export the chart %s of %s: %s", key, rel, e)
+                continue
+            self._write(self.out.path(*folder, f"{stem}.{suffix}"), data)
 
     def write_static(self) -> None:
         self.write_text(BUNDLE, vega_bundle(self.vl_version))
@@ -199,7 +210,25 @@ class _Builder:
 
     # -- the pages --
 
+    def previous_build(self) -> List[str]:
+        """The pages and images the last build in this folder wrote (its manifest), if it left one."""
+        try:
+            data = self.out.read_json(MANIFEST)
+        except QAError as e:
+            log.warning("ignoring the report's manifest: %s", e)
+            return []
+        files = data.get("files") if isinstance(data, dict) else None
+        return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+    def remove_stale(self, before: List[str]) -> None:
+        """Remove what the last build wrote and this one did not: only paths the report writes."""
+        now = {p.relative_to(self.root).as_posix() for p in self.written}
+        for rel in before:
+            if rel not in now and OWN_FILES.fullmatch(rel):
+                self.out.remove(rel)
+
     def build(self) -> List[Path]:
+        before = self.previous_build()
         self.write_static()
         for q in self.r.quantizers.values():
             if q.histogram_json is not None:
@@ -218,12 +247,17 @@ class _Builder:
         if self.r.mse:
             self.mse_page()
         self.index_page()
+        self.remove_stale(before)
+        own = sorted(p.relative_to(self.root).as_posix() for p in self.written
+                     if OWN_FILES.fullmatch(p.relative_to(self.root).as_posix()))
+        self._write(self.target(MANIFEST), json.dumps({"files": own}, indent=1).encode("utf-8"))
         return self.written
 
     def histogram_page(self, q: QuantizerView) -> None:
         assert q.histogram_json is not None
         try:
-            record = read_json(self.root / q.histogram_json)
+            record = self.out.read_json(q.histogram_json)
+            validate(record, q.histogram_json.as_posix(), "histogram")
             if isinstance(record, dict) and isinstance(record.get("channels"), list):
                 hists = [HistogramView.from_record(c) for c in record["channels"]]
             else:
@@ -258,8 +292,9 @@ class _Builder:
         return {"single": h, "channels": None, "chart": chart}
 
     def _channel_histograms(self, page: Page, q: QuantizerView, hists: List[HistogramView]) -> Dict[str, Any]:
-        scales = [e.get("scale") for e in q.encoding] if isinstance(q.encoding, list) else [None] * len(hists)
-        per = [h.stats(s if isinstance(s, (int, float)) else None) for h, s in zip(hists, scales + [None] * len(hists))]
+        scales = [num(e.get("scale")) if isinstance(e, dict) else None for e in q.encoding] \
+            if isinstance(q.encoding, list) else []
+        per = [h.stats(s if s and s > 0 else None) for h, s in zip(hists, scales + [None] * len(hists))]
         totals = np.array([h.total for h in hists])
         weight = totals / totals.sum() if totals.sum() > 0 else np.full(len(hists), 1 / len(hists))
 
@@ -294,7 +329,7 @@ class _Builder:
         chart = page.chart("ranges", _charts.channel_ranges(rows, f"Encoding range per channel: {q.name}"))
         q.ranges_page = rel
         self.write_page(page, "channel_ranges.html.j2", q=q, layer=self.r.layer(q.layer), channels=len(pairs),
-                        spread=f"{spread:.1f}" if spread else "n/a", chart=chart)
+                        spread=fmt(spread) if spread else "n/a", chart=chart)
 
     def ranges_page(self, weights: bool) -> None:
         rel = WEIGHT_RANGES if weights else ACTIVATION_RANGES
@@ -320,7 +355,8 @@ class _Builder:
                    "orange: per-channel weights, drawn as the envelope of their channels")
             chart = page.chart("ranges", _charts.ranges(rows, f"{what.capitalize()} encoding ranges", sub))
         self.write_page(page, "ranges.html.j2", weights=weights, what=what, scheme=self.r.text("quant_scheme"),
-                        data=rel.with_suffix(".json"), chart=chart, per_channel=[q for q in qs if q.ranges_page])
+                        data=self.data_link(rel.with_suffix(".json")), chart=chart,
+                        per_channel=[q for q in qs if q.ranges_page])
 
     def _layer_rows(self, enabled: bool) -> List[Dict[str, Any]]:
         r = self.r
@@ -359,8 +395,9 @@ class _Builder:
         order_chart = page.chart("order", _charts.per_layer_scores(
             rows, refs, ref_label="", sort_field="i", title="Every layer in execution order",
             subtitle=f"score with {what}; lines: FP32 and fully quantized scores"))
-        self.write_page(page, "per_layer.html.j2", enabled=enabled, data=rel.with_suffix(".json"),
-                        charts=[sorted_chart, order_chart])
+        broken = [(layer, layer.enabled_nonfinite if enabled else layer.disabled_nonfinite) for layer in r.layers]
+        self.write_page(page, "per_layer.html.j2", enabled=enabled, data=self.data_link(rel.with_suffix(".json")),
+                        charts=[sorted_chart, order_chart], broken=[(layer, why) for layer, why in broken if why])
 
     def _mse_rows(self) -> List[Dict[str, Any]]:
         return [{"i": layer.index, "layer": layer.name, "type": layer.type or layer.op_type, "mse": layer.mse,
@@ -372,7 +409,7 @@ class _Builder:
         drops = sorted((layer for layer in self.r.layers if layer.sqnr_jump_db is not None and layer.sqnr_jump_db < 0),
                        key=lambda layer: layer.sqnr_jump_db)[:5]
         chart = page.chart("mse_sqnr", _charts.mse_sqnr(self._mse_rows()))
-        self.write_page(page, "mse.html.j2", data=MSE.with_suffix(".json"), drops=drops,
+        self.write_page(page, "mse.html.j2", data=self.data_link(MSE.with_suffix(".json")), drops=drops,
                         has_sqnr=bool(self.r.sqnr), chart=chart)
 
     # -- the dashboard --
@@ -382,19 +419,19 @@ class _Builder:
         page = Page(INDEX, "Dashboard")
         s = r.summary
         meta = [r.text("quant_scheme", "scheme unknown")]
-        if s.get("default_param_bw") is not None:
-            meta.append(f"weights {s['default_param_bw']}-bit")
-        if s.get("default_output_bw") is not None:
-            meta.append(f"activations {s['default_output_bw']}-bit")
+        for key, what in (("default_param_bw", "weights"), ("default_output_bw", "activations")):
+            bw = num(s.get(key))
+            if bw is not None and 1 <= bw <= MAX_BITWIDTH:
+                meta.append(f"{what} {int(bw)}-bit")
         meta += [f"{len(r.layers)} layers", f"{len(r.quantizers)} quantizers"]
+        if r.active_quantizers is not None and r.active_quantizers != len(r.quantizers):
+            meta.append(f"{r.active_quantizers} active")
         seconds = s.get("seconds") if isinstance(s.get("seconds"), dict) else {}
-        took = sum(v for v in seconds.values() if isinstance(v, (int, float)))
-        if took:
+        took = sum(num(v) or 0.0 for v in seconds.values())
+        if 0 < took <= LIMIT:
             meta.append(f"analysis took {took:.1f} s")
         status = r.text("status", "")
-        title, steps = headline(r)
-        drop = r.total_drop
-        ok = drop is not None and (drop <= 0 or (r.fp32 and abs(drop) / abs(r.fp32) < 0.01))
+        verdict = headline(r)
 
         rows = [{"what": w, "score": v} for w, v in (("FP32", r.fp32), ("weights quantized only", r.scores["weights"]),
                                                      ("activations quantized only", r.scores["activations"]),
@@ -409,16 +446,26 @@ class _Builder:
         culprits = r.culprits(5)
         culprits_chart = None
         if culprits:
-            bars = []
+            bars, nan = [], []
             for rank, layer in enumerate(culprits, 1):
                 for measure, value, score in (("cost: only this layer quantized", layer.cost, layer.enabled),
                                               ("gain: only this layer in float", layer.gain, layer.disabled)):
-                    if value is not None:
+                    if value == float("inf"):  # a NaN score: no bar is long enough; said in the caption
+                        nan.append(layer.name)
+                    elif value is not None:
                         bars.append({"layer": layer.name, "rank": rank, "measure": measure, "value": value,
                                      "score": score, "type": layer.type})
-            culprits_chart = page.chart("culprits", _charts.culprits(bars))
-        cards = [{"rank": rank, "layer": layer, "evidence": layer_evidence(r, layer),
-                  "tips": layer_suggestions(r, layer)} for rank, layer in enumerate(culprits, 1)]
+            caption = (f"Not drawn: {', '.join(dict.fromkeys(nan))} (a NaN or infinite score, worse than any bar)."
+                       if nan else "")
+            culprits_chart = page.chart("culprits", _charts.culprits(bars), caption)
+        cards = []
+        for rank, layer in enumerate(culprits, 1):
+            material = matters(r, layer.impact)
+            cards.append({"rank": rank, "layer": layer, "evidence": layer_evidence(r, layer),
+                          "tips": layer_suggestions(r, layer) if material else [],
+                          "label": try_label(r, layer.impact),
+                          "note": "" if material else f"Its effect ({fmt(layer.impact)}) is under 1% of the FP32 "
+                                                      "score: nothing needs to change for it."})
         names = {layer.name for layer in culprits}
         sqnr_chart = None
         if any(layer.sqnr_db is not None for layer in r.layers):
@@ -428,10 +475,11 @@ class _Builder:
 
         folded = [f for f in s.get("folded_batch_norms") or [] if isinstance(f, (list, tuple)) and len(f) == 2]
         self.write_page(
-            page, "dashboard.html.j2", r=r, meta=meta, status=status, error=r.text("error", ""), verdict=title,
-            steps=steps, ok=ok, unquantized_ops=s.get("unquantized_ops") or [], sensitivity=sensitivity,
+            page, "dashboard.html.j2", r=r, meta=meta, status=status, error=r.text("error", ""), verdict=verdict.title,
+            steps=verdict.steps, ok=verdict.ok, alerts=alerts(r, verdict.quoted), left_out=r.notes,
+            unquantized_ops=s.get("unquantized_ops") or [], sensitivity=sensitivity,
             culprits_chart=culprits_chart, cards=cards, sqnr_chart=sqnr_chart, histograms=self._histogram_counts(),
-            scheme=r.text("quant_scheme"), has_summary=(self.root / "summary.json").is_file(), folded=folded,
+            scheme=r.text("quant_scheme"), summary_link=self.data_link(PurePosixPath("summary.json")), folded=folded,
             unused=s.get("unused_quantizers") or [], table=self._layer_table(names))
 
     def _histogram_counts(self) -> Dict[str, int]:
