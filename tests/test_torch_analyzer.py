@@ -744,8 +744,8 @@ def test_mse_batch_the_model_cannot_run_is_a_clear_error(tmp_path):
         quiet(analyzer.analyze, quant_scheme="tf", results_dir=tmp_path)
     summary = read_json(tmp_path / "summary.json")
     assert summary["status"] == "failed" and summary["error"]
-    assert list(read_json(tmp_path / "per_layer_quant_enabled.json")) == [
-        layer["name"] for layer in summary["layers"] if layer["quantizers"]]
+    # the MSE data is checked with one batch before the long work: no sweep was spent on a doomed run
+    assert not (tmp_path / "per_layer_quant_enabled.json").exists()
 
 
 # ---- errors -------------------------------------------------------------------------------
