@@ -34,7 +34,7 @@ def finite(value: Any) -> Optional[float]:
         return None
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return v if math.isfinite(v) else None
 
