@@ -89,6 +89,16 @@ def browser():
         b.close()
 
 
+def assert_draws_cleanly(browser, path: Path) -> None:
+    """The page draws at least one chart with no console error, outside request or dialog."""
+    page, errors, outside, dialogs = open_page(browser, path)
+    try:
+        assert charts_drawn(page) >= 1, path
+        assert not errors and not outside and not dialogs, (path.name, errors, outside)
+    finally:
+        page.close()
+
+
 def open_page(browser, path: Path):
     """Load a page from disk; returns (page, console errors, outside requests, dialogs)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -228,12 +238,7 @@ def test_pages_of_an_onnx_analysis_render(browser, tmp_path):
     pages = sorted(out.rglob("*.html"))
     assert {"index.html", "per_layer_mse_loss.html"} <= {p.name for p in pages}
     for path in pages:
-        page, errors, outside, dialogs = open_page(browser, path)
-        try:
-            assert charts_drawn(page) >= 1, path
-            assert not errors and not outside and not dialogs, (path.name, errors, outside)
-        finally:
-            page.close()
+        assert_draws_cleanly(browser, path)
 
 
 def test_pages_with_nan_and_absurd_values_still_draw(browser, results, tmp_path):
@@ -260,9 +265,4 @@ def test_pages_with_nan_and_absurd_values_still_draw(browser, results, tmp_path)
     assert f"Quantizing layer {names[0]} alone makes the score NaN" in index and "Left out of this report" in index
     for path in [root / "index.html", root / "per_layer_quant_enabled.html", root / "per_layer_quant_disabled.html",
                  root / "per_layer_mse_loss.html", root / "min_max_ranges" / "activations.html"]:
-        page, errors, outside, dialogs = open_page(browser, path)
-        try:
-            assert charts_drawn(page) >= 1, path
-            assert not errors and not outside and not dialogs, (path.name, errors, outside)
-        finally:
-            page.close()
+        assert_draws_cleanly(browser, path)
