@@ -57,6 +57,7 @@ class AnalysisResult:
     layers: List[Dict[str, Any]] = field(default_factory=list)
     unquantized_ops: List[str] = field(default_factory=list)
     folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)
+    unfolded_batch_norms: List[Tuple[str, str, str]] = field(default_factory=list)  # (bn, layer, why not)
     unused_quantizers: List[str] = field(default_factory=list)
     nonfinite_quantizers: List[str] = field(default_factory=list)
     active_quantizers: int = 0
@@ -412,6 +413,7 @@ class QuantAnalyzer:
         graph = self.adapter.graph
         result.unquantized_ops = list(graph.unquantized_ops)
         result.folded_batch_norms = list(graph.folded_batch_norms)
+        result.unfolded_batch_norms = list(graph.unfolded_batch_norms)
         previous = PreviousRun.read(results)
 
         def timed(label: str, fn: Callable[[], Any]) -> Any:

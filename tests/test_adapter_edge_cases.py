@@ -6,6 +6,7 @@ models with scalar inputs and missing external data. Every test here failed befo
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import threading
@@ -99,6 +100,12 @@ def test_tied_embedding_is_one_quantizer_and_its_batch_norm_does_not_fold(torch,
     assert result.per_layer_quant_enabled["emb"] == pytest.approx(expected, rel=1e-9)  # emb: only its weight
     layers = {layer["name"]: layer["quantizers"] for layer in result.layers}
     assert "emb_weight" in layers["emb"] and "emb_weight" in layers["head"]
+    # the refusal reaches the result, summary.json and the dashboard
+    assert result.unfolded_batch_norms == [("bn", "head", "its weight is shared with emb")]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["unfolded_batch_norms"] == [["bn", "head", "its weight is shared with emb"]]
+    page = (tmp_path / "index.html").read_text()
+    assert "left unfolded" in page and "its weight is shared with emb" in page
 
 
 def test_sweeps_toggle_a_weight_shared_by_two_linears_from_either_layer(torch, tm):
