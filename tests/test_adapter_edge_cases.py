@@ -134,10 +134,11 @@ def test_a_module_called_twice_is_one_layer_per_call(torch, tm, tmp_path):
     batches = [torch.randn(6, 4, generator=torch.Generator().manual_seed(i)) * 3 for i in range(3)]
     analyzer = _torch_analyzer(model, batches)
     graph = analyzer.adapter.graph
-    # (the functional * and + between fc_in and act, shared and act/call_1 hide that data flow)
+    # the functional * and + are layers of their own, named by order in the model's forward
     assert [(layer.name, layer.inputs) for layer in graph.layers] == [
-        ("fc_in", []), ("act", []), ("shared", ["act"]), ("act/call_1", []),
-        ("shared/call_1", ["act/call_1"]), ("fc_out", ["shared/call_1"])]
+        ("fc_in", []), ("mul", ["fc_in"]), ("act", ["mul"]), ("shared", ["act"]), ("mul_1", ["shared"]),
+        ("add", ["mul_1"]), ("act/call_1", ["add"]), ("shared/call_1", ["act/call_1"]),
+        ("fc_out", ["shared/call_1"])]
     assert (graph["act/call_1"].calls, graph["act/call_1"].call, graph["act"].call) == (2, 1, 0)
     assert graph["fc_in"].model_input and not graph["act/call_1"].model_input
     assert graph["fc_out"].model_output and not graph["shared/call_1"].model_output
@@ -235,9 +236,10 @@ def test_unknown_modules_to_ignore_are_refused_in_torch(torch, tm):
     with pytest.raises(qa.QAValueError, match=r"'fc_inn', 'sharred' are not a module.*'fc_in', 'act'") as info:
         make(["fc_inn", "sharred", "act"])
     assert isinstance(info.value, ValueError)
-    # a call of a module called twice can be ignored by its layer name, a module by its name
-    graph = make(["act/call_1", "shared"]).adapter.graph
-    assert [layer.name for layer in graph.layers] == ["fc_in", "act", "fc_out"]
+    # a call of a module called twice can be ignored by its layer name, a module by its name, an op
+    # by its layer name
+    graph = make(["act/call_1", "shared", "mul_1"]).adapter.graph
+    assert [layer.name for layer in graph.layers] == ["fc_in", "mul", "act", "add", "fc_out"]
 
 
 # ---- keras ----------------------------------------------------------------------------------------

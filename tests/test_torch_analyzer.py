@@ -556,15 +556,35 @@ def test_analyze_end_to_end_writes_every_file(case, tmp_path):
         assert {"fc_image_input_0", "fc_mask_input_0"} <= set(result.encodings)
 
 
-def test_residual_add_is_reported_as_unquantized(tmp_path):
+def test_residual_add_is_a_quantized_layer(tmp_path):
+    """`y + x` in a forward is a layer of its own (named after the module calling it), fed by both
+    branches, and quantizing it quantizes exactly the sum."""
     torch.manual_seed(0)
     model = tm.Residual().eval()
     batches = image_batches((4, 3, 6, 6), n=2)
-    with pytest.warns(UserWarning, match=r"\badd\b"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left in float, so nothing is warned about
         analyzer = make_analyzer(model, batches)
-    result = analyzer.analyze(quant_scheme="tf", results_dir=tmp_path)
-    assert "add" in result.unquantized_ops
-    assert read_json(tmp_path / "summary.json")["unquantized_ops"] == result.unquantized_ops
+    graph = analyzer.adapter.graph
+    assert graph["add"].op_type == "Add" and graph["add"].inputs == ["conv2", "relu0"]
+    assert graph.unquantized_ops == []
+    # the default config's Add+Relu supergroup leaves the add's output to the relu after it
+    assert not analyzer.create_quantsim("tf").quantizers["add_output_0"].enabled
+    no_supergroups = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}}}
+    sim = analyzer.create_quantsim("tf", config_file=no_supergroups)
+    sim.set_active({"add_output_0"})
+    enc = sim.quantizers["add_output_0"].encoding.to_dict()
+    with torch.no_grad():
+        x = batches[0]
+        h = model.relu0(model.stem(x))
+        s = model.conv2(model.relu1(model.bn1(model.conv1(h)))) + h
+        q = torch.from_numpy(np.asarray(kernels.fake_quantize(s.numpy(), enc["scale"], enc["offset"], enc["bitwidth"])))
+        expected = model.fc(model.flatten(model.pool(model.relu2(q))))
+        assert not torch.equal(q, s)
+        assert torch.allclose(sim.model(x), expected, atol=1e-6)
+    result = analyzer.analyze(quant_scheme="tf", config_file=no_supergroups, results_dir=tmp_path)
+    assert "add" in result.per_layer_quant_enabled and result.unquantized_ops == []
+    assert read_json(tmp_path / "summary.json")["unquantized_ops"] == []
 
 
 def test_tf_scheme_writes_no_histograms(tmp_path):
