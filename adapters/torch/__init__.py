@@ -56,16 +56,6 @@ def _leaves(model: nn.Module) -> Dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and is_known_leaf(m)}
 
 
-def _holders(model: nn.Module) -> Dict[int, List[str]]:
-    """id(parameter) -> the modules that hold it (more than one: a tied weight)."""
-    holders: Dict[int, List[str]] = {}
-    for name, m in model.named_modules():
-        for p in m._parameters.values():
-            if p is not None:
-                holders.setdefault(id(p), []).append(name)
-    return holders
-
-
 def _name_ops(trace: Trace, model: nn.Module) -> None:
     """Give every op that will be a layer its readable name: ``<scope>/<op>``, ``<scope>/<op>_1``,
     ... per scope in execution order (plain ``<op>`` in the model's own forward); the one op of a
@@ -179,7 +169,7 @@ class TorchAdapter(Adapter):
                       + [c.name for c in trace.order if (c.kind == "module" and c.index) or (c.kind == "op" and c.name)],
                       "a module or op of the model (names as model.named_modules() gives them, <module>/call_<k>, "
                       "or an op's layer name)")
-        pairs, refused = batch_norm_pairs(trace, calls.leaves, _holders(self.model))
+        pairs, refused = batch_norm_pairs(trace, calls.leaves)
         for bn, layer, reason in refused:
             log.info("batch norm %s is not folded into %s: %s", bn, layer, reason)
         folded = [(bn.module, src.module if src.kind == "module" else src.name) for src, bn in pairs]

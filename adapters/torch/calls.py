@@ -92,8 +92,8 @@ class Trace:
         self.keep: List[torch.Tensor] = []  # holds tensors so that their ids stay unique
         inputs = list(model_inputs)
         self.keep.extend(inputs)
-        self.model_inputs = {key_of(t) for t in inputs}
-        self.dynamic: Set[Tuple[int, int]] = set(self.model_inputs)
+        self.dynamic: Set[Tuple[int, int]] = {key_of(t) for t in inputs}
+        self.model_inputs = {key_of(t) for t in inputs if t.is_floating_point()}  # get input quantizers
         self.alias: Dict[Tuple[int, int], Tuple[int, int]] = {}  # a moved tensor -> the one it came from
         self.param_of: Dict[Tuple[int, int], nn.Parameter] = {}  # a view of a parameter -> the parameter
         self.param_names = param_names  # id(parameter) -> its qualified name

@@ -76,15 +76,25 @@ def fold_into_op(model: nn.Module, call: Call, bn_name: str) -> Optional[nn.Para
     return new_bias
 
 
-def _readers(trace: Trace, holders: Dict[int, List[str]]) -> Dict[int, List[str]]:
-    """id(parameter) -> the modules holding it and the op layers reading it (a name once)."""
-    readers = {pid: list(names) for pid, names in holders.items()}
+def _readers(trace: Trace, leaves: Dict[str, nn.Module]) -> Dict[int, List[str]]:
+    """id(parameter) -> who computes with it: the leaf modules holding it (by module name) and the
+    op layers reading it, each once. (A container that only holds a parameter for the ops in its
+    forward, as a "same"-padding conv does, is not a reader of its own.)"""
+    readers: Dict[int, List[str]] = {}
+
+    def add(p: nn.Parameter, name: str) -> None:
+        names = readers.setdefault(id(p), [])
+        if name not in names:
+            names.append(name)
+
+    for name, module in leaves.items():
+        for p in module._parameters.values():
+            if p is not None:
+                add(p, name)
     for call in trace.order:
         if call.kind == "op":
             for _, p, _ in call.params:
-                names = readers.setdefault(id(p), [])
-                if call.name not in names:
-                    names.append(call.name)
+                add(p, call.name or call.module)
     return readers
 
 
@@ -118,7 +128,7 @@ def _foldable(call: Call, leaves: Dict[str, nn.Module]) -> bool:
     return "weight" in roles and (not call.info.name.startswith("conv_transpose") or call.groups == 1)
 
 
-def batch_norm_pairs(trace: Trace, leaves: Dict[str, nn.Module], holders: Dict[int, List[str]]
+def batch_norm_pairs(trace: Trace, leaves: Dict[str, nn.Module]
                      ) -> Tuple[List[Pair], List[Tuple[str, str, str]]]:
     """(layer call, bn call) pairs where the bn reads exactly the layer's output and nothing else
     reads it, and (bn, layer, reason) for such pairs that must not fold."""
@@ -129,7 +139,7 @@ def batch_norm_pairs(trace: Trace, leaves: Dict[str, nn.Module], holders: Dict[i
             producer.setdefault(k, call)
         for k in call.inputs:
             readers.setdefault(k, set()).add(i)
-    param_readers = _readers(trace, holders)
+    param_readers = _readers(trace, leaves)
     pairs: List[Pair] = []
     refused: List[Tuple[str, str, str]] = []
     for i, call in enumerate(trace.order):

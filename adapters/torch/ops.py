@@ -179,8 +179,12 @@ def op_type_of(module: nn.Module) -> str:
 
 
 def is_known_leaf(module: nn.Module) -> bool:
-    """A module with no children of a class with an ONNX op type: one layer, whatever its forward calls."""
+    """A module with no children, of a torch.nn class with an ONNX op type and torch's own forward:
+    one layer. (A subclass with a forward of its own, such as a weight-standardised conv, may
+    compute something else: its ops are seen one by one.)"""
     if any(True for _ in module.children()):
+        return False
+    if not getattr(type(module).forward, "__module__", "").startswith("torch.nn"):
         return False
     return any(isinstance(module, classes) for classes, _ in MODULE_OP_TYPES)
 

@@ -1,0 +1,315 @@
+"""Every op of a PyTorch forward is quantized: functional convs with folded batch norms, attention
+matmuls and softmax, residual adds, in-place ops, tied heads, data-dependent branches, and
+Hugging Face style models (keyword inputs, int64 token ids, dict outputs)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import qa  # noqa: E402
+from qa import kernels  # noqa: E402
+from qa.adapters.torch import TorchAdapter  # noqa: E402
+
+import torch_zoo as zoo  # noqa: E402
+
+
+def _fq(t, enc):
+    """Hand fake quantization with qa's kernels (per tensor or per channel on axis 0)."""
+    x = t.detach().float().contiguous().numpy()
+    if isinstance(enc, list):
+        scale = np.array([e["scale"] for e in enc])
+        offset = np.array([e["offset"] for e in enc])
+        out = kernels.fake_quantize(x, scale, offset, enc[0]["bitwidth"], axis=0)
+    else:
+        out = kernels.fake_quantize(x, enc["scale"], enc["offset"], enc["bitwidth"])
+    return torch.from_numpy(np.array(out, dtype=np.float32))
+
+
+def _analyzer(model, batches, run=None, **kwargs):
+    run = run or (lambda m, b: m(**b) if isinstance(b, dict) else m(b))
+
+    def calibrate(m):
+        with torch.no_grad():
+            for b in batches:
+                run(m, b)
+
+    def score(m):
+        return 0.0
+
+    return qa.QuantAnalyzer(model, batches[0], calibrate, score, progress=False, **kwargs)
+
+
+# ---- functional convs ("same" padding) --------------------------------------------------------------
+
+def test_same_padding_convs_are_layers_with_weights_and_folded_batch_norms():
+    torch.manual_seed(0)
+    model = zoo.SameConvNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 16, 16)
+    adapter = TorchAdapter(model, x[:1])
+    graph = adapter.graph
+    names = [layer.name for layer in graph.layers]
+    assert names == ["conv_stem.static_padding", "conv_stem/conv2d", "silu", "dw.static_padding", "dw/conv2d",
+                     "silu_1", "pw.static_padding", "pw/conv2d", "mean", "head"]
+    # every batch norm folded into the functional conv before it; none is a layer
+    assert graph.folded_batch_norms == [("bn0", "conv_stem/conv2d"), ("bn1", "dw/conv2d"), ("bn2", "pw/conv2d")]
+    conv = graph["dw/conv2d"]
+    assert (conv.op_type, conv.type_name, conv.inputs) == ("Conv", "conv2d", ["dw.static_padding"])
+    assert [(q.name, q.param, q.axis) for q in conv.params] == [("dw/conv2d_weight", "weight", 0),
+                                                                ("dw/conv2d_bias", "bias", None)]
+    # the folded copy computes what the user's model computes; the user's model is untouched
+    with torch.no_grad():
+        assert torch.allclose(adapter.run(x), model(x), atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.bn1, nn.BatchNorm2d) and model.dw.bias is None
+
+
+def test_functional_conv_weight_quantization_equals_hand_folded_and_quantized():
+    torch.manual_seed(0)
+    model = zoo.SameConvNet().eval()
+    batches = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    analyzer = _analyzer(model, batches)
+    sim = analyzer.create_quantsim("tf", default_param_bw=4)
+    sim.set_active({"dw/conv2d_weight", "dw/conv2d_bias"} & sim.enabled)
+    enc = sim.quantizers["dw/conv2d_weight"].encoding.to_dict()
+    # by hand: fold bn1 into dw (bias from the batch norm alone), quantize the weight
+    bn = model.bn1
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = model.dw.weight * scale[:, None, None, None]
+    b = bn.bias - bn.running_mean * scale
+    with torch.no_grad():
+        x = batches[0]
+        h = F.silu(model.bn0(model.conv_stem(x)))
+        h = F.silu(F.conv2d(model.dw.static_padding(h), _fq(w, enc), b, 1, 0, 1, 8))
+        expected = model.head(model.bn2(model.pw(h)).mean((2, 3)))
+        assert torch.allclose(sim.model(x), expected, atol=1e-5)
+        sim.set_active(())
+        assert not torch.allclose(sim.model(x), expected, atol=1e-5)
+
+
+# ---- transformers ----------------------------------------------------------------------------------
+
+ATTENTION_OPS = ["matmul", "div", "add", "softmax", "matmul_1"]
+
+
+def test_bert_like_encoder_quantizes_every_attention_op(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.TinyBert().eval()
+    batches = [zoo.bert_inputs(4, 8, seed=i) for i in range(3)]
+    analyzer = _analyzer(model, batches)
+    graph = analyzer.adapter.graph
+    for i in range(2):
+        scope = f"encoder.layer.{i}.attention.self"
+        ops = [layer for layer in graph.layers if layer.name.startswith(scope + "/")]
+        assert [layer.name[len(scope) + 1:] for layer in ops] == ATTENTION_OPS
+        assert [layer.op_type for layer in ops] == ["MatMul", "Div", "Add", "Softmax", "MatMul"]
+        assert graph[f"{scope}/matmul"].inputs == [f"{scope}.query", f"{scope}.key"]
+        assert graph[f"{scope}/matmul_1"].inputs == [f"{scope}/softmax", f"{scope}.value"]
+        assert {f"encoder.layer.{i}/add", f"encoder.layer.{i}/add_1", f"encoder.layer.{i}/gelu"} <= set(graph._by_name)
+    assert graph.unquantized_ops == []
+    # the int64 token ids get no input quantizer; the embedding's output is quantized
+    assert [q.kind for q in graph["embeddings.word"].quantizers] == ["param", "output"]
+    # names are fixed by the trace: a second analysis names every layer the same
+    again = _analyzer(model, batches).adapter.graph
+    assert [layer.name for layer in again.layers] == [layer.name for layer in graph.layers]
+    sim = analyzer.create_quantsim("tf", default_output_bw=8)
+    softmax = sim.quantizers["encoder.layer.1.attention.self/softmax_output_0"]
+    # probabilities: rows of 8 positions, so the largest is at least 1/8 and at most 1
+    assert softmax.encoding.min == 0.0 and 1 / 8 <= softmax.encoding.max <= 1.0 + 1e-6
+    result = analyzer.analyze(quant_scheme="tf", results_dir=tmp_path)
+    assert "encoder.layer.0.attention.self/softmax" in result.per_layer_quant_enabled
+    assert result.status == "complete"
+
+
+def test_gpt_like_tied_head_is_one_quantizer_read_by_the_functional_head():
+    torch.manual_seed(0)
+    model = zoo.TinyGpt().eval()
+    batches = [torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    analyzer = _analyzer(model, batches)
+    graph = analyzer.adapter.graph
+    head = graph["linear"]
+    assert [q.name for q in head.params] == ["wte_weight"] and head.params[0] is graph["wte"].params[0]
+    assert [q.name for q in graph.quantizers()].count("wte_weight") == 1
+    assert {"matmul", "mul", "masked_fill", "softmax", "matmul_1", "add_1"} <= set(graph._by_name)
+    sim = analyzer.create_quantsim("tf", default_param_bw=4)
+    quantized = _fq(model.wte.weight, sim.quantizers["wte_weight"].encoding.to_dict())
+    sim.set_active(sim.layer_quantizers("linear"))  # the head alone: the shared weight is quantized
+    copy_ = analyzer.adapter.model
+    assert torch.equal(copy_.wte.weight, quantized)
+    sim.set_active(())
+    assert torch.equal(copy_.wte.weight, model.wte.weight)
+
+
+def test_multihead_attention_weights_are_quantized_and_its_internals_listed():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analyzer = _analyzer(Net().eval(), [torch.randn(2, 5, 16)])
+    graph = analyzer.adapter.graph
+    layer = graph["attn/multi_head_attention_forward"]
+    assert {q.param for q in layer.params} == {"in_proj_weight", "in_proj_bias", "weight", "bias"}
+    assert [q.name for q in layer.quantizers if q.kind == "output"] == ["attn/multi_head_attention_forward_output_0"]
+    assert graph.unquantized_ops == ["the attention inside it (its matmuls and softmax) of "
+                                     "attn/multi_head_attention_forward"]
+
+
+# ---- in-place ops, branches, names -----------------------------------------------------------------
+
+class _InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h += x  # in place: the quantized sum must be what `out` reads
+        F.relu(h, inplace=True)  # result ignored: only the in-place write carries it
+        return self.out(h)
+
+
+def test_in_place_ops_are_quantized_in_place():
+    torch.manual_seed(0)
+    model = _InPlace().eval()
+    batches = [torch.randn(8, 6, generator=torch.Generator().manual_seed(i)) * 2 for i in range(2)]
+    analyzer = _analyzer(model, batches)
+    graph = analyzer.adapter.graph
+    assert [layer.name for layer in graph.layers] == ["fc", "add", "relu", "out"]
+    assert graph["relu"].inputs == ["add"] and graph["out"].inputs == ["relu"]
+    no_groups = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}}}
+    sim = analyzer.create_quantsim("tf", default_output_bw=3, config_file=no_groups)
+    sim.set_active({"add_output_0", "relu_output_0"})
+    e_add = sim.quantizers["add_output_0"].encoding.to_dict()
+    e_relu = sim.quantizers["relu_output_0"].encoding.to_dict()
+    with torch.no_grad():
+        x = batches[0]
+        expected = model.out(_fq(torch.relu(_fq(model.fc(x) + x, e_add)), e_relu))
+        assert torch.allclose(sim.model(x), expected, atol=1e-6)
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if bool(x.sum() > 0):
+            x = x * 100.0  # a branch the trace on a negative dummy input never takes
+        return self.fc(x * 0.5)
+
+
+def test_an_op_on_an_untraced_branch_stays_float_and_never_borrows_a_quantizer(caplog):
+    model = _Branchy().eval()
+    dummy = -torch.ones(1, 4)
+    positive = [torch.rand(8, 4, generator=torch.Generator().manual_seed(i)) + 0.1 for i in range(2)]
+
+    def calibrate(m):
+        with torch.no_grad():
+            for b in positive:
+                m(b)
+
+    analyzer = qa.QuantAnalyzer(model, dummy, calibrate, lambda m: 0.0, progress=False)
+    graph = analyzer.adapter.graph
+    assert [layer.name for layer in graph.layers] == ["sum", "mul", "fc"]
+    with caplog.at_level(logging.WARNING, logger="qa.adapters.torch"):
+        sim = analyzer.create_quantsim("tf")
+    assert "ran during calibration but not on dummy_input" in caplog.text and "mul" in caplog.text
+    # "mul" is the x * 0.5 of the traced line: it saw x * 100 * 0.5 (up to ~55), not the branch's x * 100
+    enc = sim.quantizers["mul_output_0"].encoding
+    top = max(float((b * 100.0 * 0.5).max()) for b in positive)
+    assert enc.max == pytest.approx(top, rel=1e-2)
+
+
+def test_op_names_follow_module_calls_and_order():
+    class Block(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x) * x + x * 2
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(self.block(x))
+
+    graph = TorchAdapter(Net().eval(), torch.randn(2, 3)).graph
+    assert [layer.name for layer in graph.layers] == [
+        "block/sigmoid", "block/mul", "block/mul_1", "block/add",
+        "block/call_1/sigmoid", "block/call_1/mul", "block/call_1/mul_1", "block/call_1/add"]
+    assert graph["block/call_1/sigmoid"].inputs == ["block/add"]
+
+
+def test_computed_weights_are_listed_as_float():
+    class WeightStandardized(nn.Conv2d):
+        def forward(self, x):
+            w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+            return F.conv2d(x, w, self.bias)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = WeightStandardized(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    graph = TorchAdapter(Net().eval(), torch.randn(1, 3, 8, 8)).graph
+    # a Conv2d subclass with a forward of its own is seen op by op; the weight arithmetic runs on
+    # parameters alone (a deployed graph folds it): no layers of its own. The one op left is the
+    # module's layer, under the module's name.
+    assert [(layer.name, layer.op_type) for layer in graph.layers] == [("conv", "Conv")]
+    assert [q.param for q in graph["conv"].params] == ["bias"]
+    assert graph.unquantized_ops == ["the weight of conv, computed in forward from parameters"]
+
+
+# ---- Hugging Face --------------------------------------------------------------------------------
+
+def test_transformers_bert_from_a_config(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    batches = [zoo.bert_inputs(4, 8, seed=i) for i in range(2)]
+    with torch.no_grad():
+        reference = [model(**b).last_hidden_state for b in batches]
+
+    def score(m):
+        with torch.no_grad():
+            return -float(np.mean([float(((m(**b).last_hidden_state - r) ** 2).mean())
+                                   for b, r in zip(batches, reference)]))
+
+    def calibrate(m):
+        with torch.no_grad():
+            for b in batches:
+                m(**b)
+
+    analyzer = qa.QuantAnalyzer(model, batches[0], calibrate, score, progress=False)
+    graph = analyzer.adapter.graph
+    scope = "encoder.layer.0.attention.self"
+    assert {f"{scope}/matmul", f"{scope}/softmax", f"{scope}/matmul_1", "encoder.layer.0.output/add"} <= \
+        set(graph._by_name)
+    assert graph.unquantized_ops == []
+    result = analyzer.analyze(quant_scheme="tf", results_dir=tmp_path)
+    assert result.fp32_score == 0.0 and math.isfinite(result.quantized_score) and result.quantized_score < 0
+    assert f"{scope}/softmax" in result.per_layer_quant_enabled
