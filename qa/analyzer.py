@@ -60,6 +60,7 @@ class AnalysisResult:
     unfolded_batch_norms: List[Tuple[str, str, str]] = field(default_factory=list)  # (bn, layer, why not)
     unused_quantizers: List[str] = field(default_factory=list)
     nonfinite_quantizers: List[str] = field(default_factory=list)
+    sentinel_quantizers: Dict[str, str] = field(default_factory=dict)  # quantizer -> sentinel values, what was done
     active_quantizers: int = 0
     problems: List[str] = field(default_factory=list)
     encodings: Dict[str, Any] = field(default_factory=dict)
@@ -196,12 +197,13 @@ class QuantAnalyzer:
 
     def create_quantsim(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                         default_param_bw: int = 8, default_output_bw: int = 8, config_file: Any = None,
-                        *, percentile: float = 99.99, rounding: str = "half_even") -> QuantSim:
+                        *, percentile: float = 99.99, rounding: str = "half_even",
+                        sentinels: str = "float") -> QuantSim:
         """Configure the quantizers and calibrate them once with forward_pass_callback."""
         t = time.perf_counter()
         sim = QuantSim(self.adapter, quant_scheme=quant_scheme, default_param_bw=default_param_bw,
                        default_output_bw=default_output_bw, config_file=config_file, percentile=percentile,
-                       rounding=rounding)
+                       rounding=rounding, sentinels=sentinels)
         sim.compute_encodings(self.forward_pass_callback)
         log.info("calibrated %d quantizers in %.2f s", len(sim.enabled), time.perf_counter() - t)
         return sim
@@ -377,7 +379,7 @@ class QuantAnalyzer:
                 default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
                 percentile: float = 99.99, rounding: str = "half_even",
-                rounding_mode: Optional[str] = None, resume: bool = True) -> AnalysisResult:
+                rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float") -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -395,6 +397,11 @@ class QuantAnalyzer:
                 settings and encodings, these arguments) matches; ``False`` evaluates everything
                 (do that when only the evaluation data changed). Either way this run replaces
                 the earlier run's files.
+            sentinels: what to do with an activation whose calibration data holds attention-mask
+                fill values (``finfo.min``, -1e9, -10000, -inf; :func:`qa.observers.find_sentinels`):
+                "float" (default) keeps its quantizer in float, as deployment toolchains keep
+                the mask path; "quantize" quantizes it like any other (AIMET; the collapse shows).
+                ``result.sentinel_quantizers`` lists them either way.
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -426,9 +433,11 @@ class QuantAnalyzer:
         failed = False
         try:
             sim = timed("calibration", lambda: self.create_quantsim(scheme, default_param_bw, output_bw, config_file,
-                                                                     percentile=percentile, rounding=rounding))
+                                                                     percentile=percentile, rounding=rounding,
+                                                                     sentinels=sentinels))
             settings = {"scheme": scheme.value, "param_bw": result.default_param_bw, "output_bw": result.default_output_bw,
-                        "percentile": percentile, "rounding": sim.rounding, "framework": self.adapter.framework}
+                        "percentile": percentile, "rounding": sim.rounding, "framework": self.adapter.framework,
+                        "sentinels": sim.sentinel_mode}
             result.fingerprint = fingerprint(self.adapter.weights(), sim.quantizers.values(), settings)
             reuse = previous.reusable(result.fingerprint) if resume else PreviousRun()
             for file in previous.files:  # this run owns the folder: the previous run's files go
@@ -483,6 +492,7 @@ class QuantAnalyzer:
                           "quantizers": sorted(sim.layer_quantizers(layer.name))} for layer in sim.graph.layers]
         result.unused_quantizers = list(sim.unused)
         result.nonfinite_quantizers = list(sim.nonfinite_only)
+        result.sentinel_quantizers = dict(sim.sentinel_quantizers)
         result.active_quantizers = len(sim.enabled)
         result.problems = sim.problems()
         result.encodings = sim.encodings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -12,10 +13,16 @@ from . import _core, _device
 from ._arrays import as_float32, channel_layout, check_axis, normalize_axis, real_number, where
 from .errors import QAValueError
 
-__all__ = ["MinMax", "minmax", "RunningMinMax", "Histogram", "ErrorStats"]
+__all__ = ["MinMax", "minmax", "RunningMinMax", "Histogram", "ErrorStats", "Sentinels", "find_sentinels"]
 
 MAX_BINS = 1 << 24  # 128 MiB of counters per histogram (per channel)
 MAX_COUNTERS = 1 << 31  # 16 GiB for all channels together
+
+# The sentinel rule (find_sentinels): how far below zero, how many times farther from zero than
+# every other value, and how large a share of the finite values a low cluster must be.
+SENTINEL_MIN_MAGNITUDE = 1000.0
+SENTINEL_RATIO = 500.0
+SENTINEL_MIN_SHARE = 1e-4
 
 
 class MinMax(Tuple[Any, Any, Any, Any, Any]):
@@ -151,6 +158,37 @@ class RunningMinMax:
         self._merge(self._batch_minmax(x)[-1])
 
 
+class _Split:
+    """Exact bounds of a tensor's finite values on either side of -SENTINEL_MIN_MAGNITUDE (the
+    sentinel rule's floor): min and max of those above it, max and count of those at or below it.
+    Free unless a batch reaches the floor; ``known`` turns False when such a batch could not be
+    split (a CUDA array), and find_sentinels then reads the histogram's bins alone."""
+
+    __slots__ = ("rest_min", "rest_max", "low_max", "low_count", "known")
+
+    def __init__(self) -> None:
+        self.rest_min, self.rest_max, self.low_max, self.low_count, self.known = math.inf, -math.inf, -math.inf, 0, True
+
+    def _rest(self, lo: float, hi: float) -> None:
+        self.rest_min, self.rest_max = min(self.rest_min, lo), max(self.rest_max, hi)
+
+    def update(self, x: Any, mm: MinMax, on_device: bool) -> None:
+        if not mm.min <= mm.max:
+            return
+        if mm.min > -SENTINEL_MIN_MAGNITUDE:
+            self._rest(float(mm.min), float(mm.max))
+        elif on_device:
+            self.known = False
+        else:
+            finite = x[np.isfinite(x)]
+            low = finite <= -SENTINEL_MIN_MAGNITUDE
+            self.low_count += int(np.count_nonzero(low))
+            self.low_max = max(self.low_max, float(finite[low].max()))
+            rest = finite[~low]
+            if rest.size:
+                self._rest(float(rest.min()), float(rest.max()))
+
+
 class Histogram(RunningMinMax):
     """A fixed-size streaming histogram (per tensor or per channel) whose range grows exactly.
 
@@ -182,6 +220,7 @@ class Histogram(RunningMinMax):
         self.counts = np.zeros(self.bins, np.int64)
         self.lo: Any = math.nan
         self.width: Any = math.nan
+        self.split = _Split()  # per tensor only: what find_sentinels reads exactly
 
     def _start_channels(self, channels: int) -> None:
         super()._start_channels(channels)
@@ -238,6 +277,7 @@ class Histogram(RunningMinMax):
                     _device.histogram_add(x, self.lo, self.width, self.counts, self.name)
                 else:
                     _core.histogram_add(x, self.lo, self.width, self.counts)
+                self.split.update(x, mm, on_device)
         else:
             new = (mm.min <= mm.max) & ~np.isfinite(self.lo)
             if new.any():
@@ -277,6 +317,128 @@ def _check_bins(bins: Any, name: Optional[str]) -> int:
     if not 2 <= n <= MAX_BINS:
         raise QAValueError(f"{where(name)}a histogram needs 2 to {MAX_BINS} bins, got {n}")
     return n
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    """The sentinel values one observer saw: a low cluster of finite values, -inf, or both.
+
+    ``count`` finite sentinels lie in ``lowest .. highest`` (``highest`` is exact, or an upper
+    bound, where the cluster's last bin ends, when only the bins could prove the rule); ``neginf``
+    values were -inf; ``total`` is every value seen (None when the observer kept no counts).
+    """
+
+    count: int
+    lowest: float
+    highest: float
+    neginf: int
+    total: Optional[int]
+
+    @property
+    def values(self) -> str:
+        """The sentinel values in short: ``-3.4e+38``, ``-1e+04 to -9.99e+03``, ``-inf``."""
+        parts = []
+        if self.count:
+            lo, hi = f"{self.lowest:.3g}", f"{self.highest:.3g}"
+            parts.append(lo if lo == hi else f"{lo} to {hi}")
+        if self.neginf:
+            parts.append("-inf")
+        return " and ".join(parts)
+
+    def describe(self) -> str:
+        """``-3.4e+38 (attention-mask sentinel, 25% of the values)``."""
+        share = ""
+        if self.total:
+            share = f", {100.0 * (self.count + self.neginf) / self.total:.3g}% of the values"
+        return f"{self.values} (attention-mask sentinel{share})"
+
+
+def _exact_cluster(h: "Histogram") -> Optional[Tuple[int, float]]:
+    """(count, max) of the values at or below -SENTINEL_MIN_MAGNITUDE when, read from the exact
+    bounds the histogram keeps either side of that floor, they pass the sentinel rule; else None."""
+    s = h.split
+    if not (s.known and s.low_count and s.rest_min <= s.rest_max):
+        return None
+    rest = max(abs(s.rest_min), abs(s.rest_max))
+    if s.low_max <= -SENTINEL_RATIO * rest and s.low_count >= SENTINEL_MIN_SHARE * h.total:
+        return s.low_count, s.low_max
+    return None
+
+
+def _low_cluster(h: "Histogram") -> Optional[Tuple[int, float]]:
+    """(count, upper bound) of the highest low cluster of a per-tensor histogram that passes the
+    sentinel rule, or None. Bounds are conservative: the cluster's values lie at or below the end
+    of its last bin, the rest's at or above the start of their first bin and at most ``h.max``."""
+    occupied = np.flatnonzero(h.counts)
+    if occupied.size < 2:
+        return None
+    below = np.cumsum(h.counts[occupied])[:-1]  # values in the cluster when it ends at occupied[i]
+    top = h.lo + (occupied[:-1] + 1) * h.width  # the cluster's values are <= top
+    rest = np.maximum(np.abs(h.lo + occupied[1:] * h.width), abs(h.max))  # |every other value| <= rest
+    ok = ((top <= -SENTINEL_MIN_MAGNITUDE) & (top <= -SENTINEL_RATIO * rest)
+          & (below >= SENTINEL_MIN_SHARE * h.total))
+    hits = np.flatnonzero(ok)
+    if not hits.size:
+        return None
+    return int(below[hits[-1]]), float(top[hits[-1]])
+
+
+def find_sentinels(obs: Any) -> Optional[Sentinels]:
+    """The sentinel values (attention-mask fill values) a per-tensor observer saw, or None.
+
+    The rule: -inf is always a sentinel. Finite values are sentinels when they form a low
+    cluster L, separated from the other finite values R by an empty gap, such that
+
+    1. every value of L is at or below -1000 (``SENTINEL_MIN_MAGNITUDE``),
+    2. every value of L is at least 500 times (``SENTINEL_RATIO``) farther from zero than any
+       value of R (so the gap is at least 499 times R's largest magnitude), and
+    3. L holds at least 0.01% (``SENTINEL_MIN_SHARE``) of the finite values.
+
+    The highest split that passes decides (the most values are sentinels). The split at -1000
+    itself is checked exactly: a Histogram keeps the exact min and max of the values above -1000
+    and the max and count of those at or below (free unless a batch reaches -1000). Lower splits
+    (when values at or below -1000 remain among the rest) are checked on the bins with
+    conservative bounds (L ends where its last bin ends, R starts where its first bin starts), so
+    bins only ever prove the rule, never guess it.
+
+    Why these numbers: masks fill with -1e4 (BERT), -65504, -1e9, -1e10, finfo(float32).min or
+    -inf, always far enough below zero that exp() underflows (float32 below about -104); the
+    -1000 floor keeps small two-level tensors ({0, -1}) and sparse negated ReLUs out. The factor
+    500 catches -10000 added to attention scores within +-19.9 (scores of magnitude ~10) while a
+    heavy-tailed activation never passes: an LLM-style outlier channel 1000x the median
+    of N(0, s) data sits at 674 s, at most ~200x the bulk's largest magnitude (3.3 s for 1000
+    values). The 0.01% share leaves out massive activations (a handful of values in a
+    tokens x hidden tensor); a padded key in one sequence of a batch of 8 x 128 tokens is 0.1%
+    of the scores. Only the low side counts: additive masks are negative, and huge positive
+    values are the ordinary encodings' business. Per-channel observers are never checked
+    (activations are per tensor); an observer without counts (RunningMinMax) only finds -inf.
+
+    Example:
+        >>> import numpy as np
+        >>> h = Histogram()
+        >>> scores = np.linspace(-8, 8, 96, dtype=np.float32)
+        >>> h.update(np.concatenate([scores, np.full(32, np.finfo(np.float32).min, np.float32)]))
+        >>> find_sentinels(h).describe()
+        '-3.4e+38 (attention-mask sentinel, 25% of the values)'
+        >>> h = Histogram()
+        >>> h.update(np.concatenate([scores, np.float32([-900.0])]))  # an outlier, not a sentinel
+        >>> find_sentinels(h) is None
+        True
+    """
+    if getattr(obs, "axis", None) is not None or not hasattr(obs, "n_neginf"):
+        return None
+    neginf = int(obs.n_neginf)
+    counts = getattr(obs, "counts", None)
+    cluster = None
+    if counts is not None and obs.seen_finite:
+        cluster = _exact_cluster(obs) or _low_cluster(obs)
+    if cluster is None and not neginf:
+        return None
+    count, top = cluster or (0, math.nan)
+    total = None
+    if counts is not None:
+        total = int(obs.total) + int(obs.n_nan) + int(obs.n_posinf) + neginf
+    return Sentinels(count, float(obs.min) if count else math.nan, min(top, float(obs.max)), neginf, total)
 
 
 class ErrorStats:

@@ -15,12 +15,16 @@ from .config import apply_config, load_config
 from .encodings import Encoding, compute_encoding
 from .errors import QACallbackError, QAError, QAValueError
 from .graph import PARAM, QuantGraph, Quantizer
-from .observers import Histogram, RunningMinMax
+from .observers import Histogram, RunningMinMax, find_sentinels
 from .adapters._base import ActiveSet
 
-__all__ = ["QuantScheme", "CallbackFunc", "QuantSim"]
+__all__ = ["QuantScheme", "CallbackFunc", "QuantSim", "SENTINEL_MODES"]
 
 log = logging.getLogger("qa")
+
+#: What QuantSim does with an activation quantizer whose data holds sentinel values
+#: (attention-mask fill values, see qa.observers.find_sentinels).
+SENTINEL_MODES = ("float", "quantize")
 
 
 class QuantScheme(str, enum.Enum):
@@ -124,11 +128,22 @@ class QuantSim:
     activation quantizers, each prepared once in the adapter's own form. Switching quantizers
     hands the adapter an :class:`~qa.adapters._base.ActiveSet`; the adapter only executes it, so
     several simulations of one analyzer never interfere.
+
+    Sentinel values: an activation whose calibration data holds attention-mask fill values
+    (finfo.min, -1e9, -10000, -inf added to scores; the rule is
+    :func:`qa.observers.find_sentinels`) would get a grid spanning [-3.4e38, max] on which every
+    real value is one code. ``sentinels="float"`` (the default) keeps such a quantizer in float,
+    as deployment toolchains keep the mask path in float, so the scores say what the deployed
+    graph loses; ``sentinels="quantize"`` quantizes it like any other (AIMET's behaviour: the
+    collapse shows, and ``problems()`` names it). Excluding the sentinels from the range instead
+    would need each adapter to pass them through its fake quantization unchanged; clamped to an
+    integer grid fitted to the real values, a mask stops masking. Either way
+    ``sentinel_quantizers`` says what was found and done.
     """
 
     def __init__(self, adapter: Any, *, quant_scheme: Union[QuantScheme, str], default_param_bw: int,
                  default_output_bw: int, config_file: Any = None, percentile: float = 99.99,
-                 rounding: str = "half_even", bins: int = 2048) -> None:
+                 rounding: str = "half_even", bins: int = 2048, sentinels: str = "float") -> None:
         self.adapter = adapter
         self.scheme = QuantScheme.parse(quant_scheme)
         self.param_bw = check_bitwidth(default_param_bw, "default_param_bw")
@@ -136,6 +151,7 @@ class QuantSim:
         self.percentile = percentile
         self.rounding = _rounding(rounding)
         self.bins = bins
+        self.sentinel_mode = _sentinel_mode(sentinels)
         self.config = load_config(config_file)
         self.graph: QuantGraph = adapter.graph.copy()  # this simulation's settings and encodings
         apply_config(self.graph, self.config, param_bw=self.param_bw, output_bw=self.output_bw)
@@ -144,6 +160,8 @@ class QuantSim:
         self.unused: List[str] = []  # activation quantizers that saw no data during calibration
         self.nonfinite: Dict[str, int] = {}  # quantizer -> NaN/inf values it saw (weights and activations)
         self.nonfinite_only: List[str] = []  # quantizers that saw only NaN/inf: no encoding
+        self.sentinel_quantizers: Dict[str, str] = {}  # quantizer -> its sentinel values and what was done
+        self._neginf_masks: Dict[str, int] = {}  # -inf sentinels of quantizers kept in float: no problem
         self._prepared: Dict[str, Any] = {}  # quantizer name -> its quantized form, in the adapter's terms
         self._chain: FrozenSet[str] = frozenset()
         self._active: Set[str] = set()
@@ -152,8 +170,10 @@ class QuantSim:
     # -- calibration --
 
     def _observer(self, q: Quantizer) -> Any:
+        """Activations get a histogram under every scheme (find_sentinels reads it; ``tf`` encodes
+        from its exact min/max); ``tf`` weights keep plain min/max."""
         axis = q.axis if (q.is_param and q.per_channel) else None
-        if self.scheme is QuantScheme.post_training_tf:
+        if self.scheme is QuantScheme.post_training_tf and q.is_param:
             return RunningMinMax(axis=axis, name=q.name)
         return Histogram(self.bins, axis=axis, name=q.name)
 
@@ -181,15 +201,8 @@ class QuantSim:
         with self.adapter.observing(observers):
             call_user(forward_pass_callback, self.adapter.model, "forward_pass_callback (calibration)")
         for name, obs in observers.items():
-            q = self.quantizers[name]
-            self._count_nonfinite(name, obs)
-            if not obs.seen_finite:
-                (self.nonfinite_only if name in self.nonfinite else self.unused).append(name)
-                q.encoding = None
-                continue
-            q.encoding = self._encode(q, obs)
-            self.stats[name] = obs
-            self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
+            self._encode_activation(self.quantizers[name], obs)
+        self._log_sentinels()
         if self.unused:
             log.warning("%d activation quantizer(s) saw no data during calibration (their layers never ran) and "
                         "stay off: %s", len(self.unused), ", ".join(self.unused[:10]))
@@ -198,6 +211,45 @@ class QuantSim:
                         len(self.nonfinite_only), ", ".join(self.nonfinite_only[:10]))
         self._chain = frozenset(n for n in self.enabled if not self.quantizers[n].is_param)
         self.calibrated = True
+
+    def _encode_activation(self, q: Quantizer, obs: Any) -> None:
+        """The encoding and prepared form of one activation quantizer from what it observed."""
+        self._count_nonfinite(q.name, obs)
+        q.encoding = None
+        if not obs.seen_finite:
+            (self.nonfinite_only if q.name in self.nonfinite else self.unused).append(q.name)
+            return
+        self.stats[q.name] = obs
+        if self._keeps_float(q.name, obs):
+            return
+        q.encoding = self._encode(q, obs)
+        self._prepared[q.name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
+
+    def _keeps_float(self, name: str, obs: Any) -> bool:
+        """Record the sentinel values ``name`` saw; True when it stays in float for them."""
+        found = find_sentinels(obs)
+        if found is None:
+            return False
+        if self.sentinel_mode == "float":
+            self.sentinel_quantizers[name] = f"{found.describe()}: kept in float"
+            self._neginf_masks[name] = found.neginf
+            return True
+        effect = "-inf clamps to the grid's lowest value" if not found.count else "the other values share a few codes"
+        self.sentinel_quantizers[name] = f"{found.describe()}: quantized with them (sentinels='quantize'; {effect})"
+        return False
+
+    def _log_sentinels(self) -> None:
+        """One log line for every quantizer whose data held sentinel values."""
+        if not self.sentinel_quantizers:
+            return
+        listed = "; ".join(f"{n}: {d}" for n, d in list(self.sentinel_quantizers.items())[:10])
+        more = f" and {len(self.sentinel_quantizers) - 10} more" if len(self.sentinel_quantizers) > 10 else ""
+        if self.sentinel_mode == "float":
+            log.info("%d activation quantizer(s) saw attention-mask sentinel values and stay in float, as deployed "
+                     "graphs keep the mask path (sentinels='float'): %s%s", len(self.sentinel_quantizers), listed, more)
+        else:
+            log.warning("%d activation quantizer(s) saw attention-mask sentinel values and are quantized with them "
+                        "(sentinels='quantize'): %s%s", len(self.sentinel_quantizers), listed, more)
 
     def _count_nonfinite(self, name: str, obs: Any) -> None:
         count = int(np.sum(obs.n_nan) + np.sum(obs.n_posinf) + np.sum(obs.n_neginf))
@@ -208,10 +260,15 @@ class QuantSim:
         """What went wrong with the data the quantizers saw, in plain words."""
         out = []
         for name, count in self.nonfinite.items():
+            count -= self._neginf_masks.get(name, 0)  # -inf masks kept in float are expected
+            if count <= 0:
+                continue
             q = self.quantizers[name]
             what = f"the weight of {name}" if q.is_param else f"the activation {name}"
             tail = " (it saw nothing else, so it stays off)" if name in self.nonfinite_only else ""
             out.append(f"{what} contains {count} NaN/inf value(s){tail}")
+        if self.sentinel_mode == "quantize":
+            out += [f"the activation {name} holds {d}" for name, d in self.sentinel_quantizers.items()]
         if not self.enabled:
             out.append("no quantizer is active: nothing was quantized" + (
                 f" ({len(self.unused)} quantizer(s) never saw data)" if self.unused else ""))
@@ -264,6 +321,12 @@ class QuantSim:
     def encodings(self) -> Dict[str, Dict[str, Any]]:
         """AIMET-style encodings of every quantizer that has one."""
         return {n: q.encoding.to_dict() for n, q in self.quantizers.items() if q.encoding is not None}
+
+
+def _sentinel_mode(value: Any) -> str:
+    if isinstance(value, str) and value in SENTINEL_MODES:
+        return value
+    raise QAValueError(f"sentinels must be one of {', '.join(repr(m) for m in SENTINEL_MODES)}, got {value!r:.80}")
 
 
 def _rounding(value: str) -> str:

@@ -475,13 +475,15 @@ class _Builder:
 
         folded = [f for f in s.get("folded_batch_norms") or [] if isinstance(f, (list, tuple)) and len(f) == 2]
         unfolded = [f for f in s.get("unfolded_batch_norms") or [] if isinstance(f, (list, tuple)) and len(f) == 3]
+        sentinels = s.get("sentinel_quantizers") if isinstance(s.get("sentinel_quantizers"), dict) else {}
+        sentinels = [(q, what) for q, what in sentinels.items() if isinstance(what, str)]
         self.write_page(
             page, "dashboard.html.j2", r=r, meta=meta, status=status, error=r.text("error", ""), verdict=verdict.title,
             steps=verdict.steps, ok=verdict.ok, alerts=alerts(r, verdict.quoted), left_out=r.notes,
             unquantized_ops=s.get("unquantized_ops") or [], sensitivity=sensitivity,
             culprits_chart=culprits_chart, cards=cards, sqnr_chart=sqnr_chart, histograms=self._histogram_counts(),
             scheme=r.text("quant_scheme"), summary_link=self.data_link(PurePosixPath("summary.json")), folded=folded, unfolded=unfolded,
-            unused=s.get("unused_quantizers") or [], table=self._layer_table(names))
+            unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table(names))
 
     def _histogram_counts(self) -> Dict[str, int]:
         """How many histogram and channel-range pages there are, for the dashboard's list of pages."""
