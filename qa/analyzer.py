@@ -286,7 +286,8 @@ class QuantAnalyzer:
             record = histogram_record(stats, q.encoding)
             records[name] = record
             if q.kind == PARAM:
-                results.write_json(record, "weights_pdf", q.layer, f"{q.param}.json")
+                # the file is named as the report finds it: the quantizer name after "<layer>_"
+                results.write_json(record, "weights_pdf", q.layer, f"{q.name[len(q.layer) + 1:]}.json")
             else:
                 results.write_json(record, "activations_pdf", f"{name}.json")
         return records

@@ -215,3 +215,58 @@ def with_initializer(m: onnx.ModelProto, name: str, values: np.ndarray) -> onnx.
         if t.name == name:
             t.CopyFrom(numpy_helper.from_array(np.asarray(values, dtype=numpy_helper.to_array(t).dtype), name))
     return out
+
+
+def bias_add_bn(kind: str, opset: int = 13, seed: int = 0) -> onnx.ModelProto:
+    """A linear op without a bias, its bias as a separate Add of a constant, then a batch norm and
+    a Relu, as some exporters write it: ``kind`` is ConvTranspose (bias [C, 1, 1]), Conv (bias
+    [1, C, 1, 1]), Gemm (bias [C]) or MatMul (bias [1, C])."""
+    rng = _rng(seed)
+    c = 6
+    bn = _bn_params("bn", c, rng)
+    if kind == "ConvTranspose":
+        w, bias, x = rng.standard_normal((4, c, 3, 3)) * 0.3, rng.uniform(-0.5, 0.5, (c, 1, 1)), ["batch", 4, 5, 5]
+        op = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="linear", strides=[2, 2])
+        out = ["batch", c, 11, 11]
+    elif kind == "Conv":
+        w, bias, x = rng.standard_normal((c, 4, 3, 3)) * 0.3, rng.uniform(-0.5, 0.5, (1, c, 1, 1)), ["batch", 4, 5, 5]
+        op = helper.make_node("Conv", ["x", "w"], ["y"], name="linear", pads=[1, 1, 1, 1])
+        out = ["batch", c, 5, 5]
+    elif kind == "Gemm":
+        w, bias, x = rng.standard_normal((c, 4)) * 0.5, rng.uniform(-0.5, 0.5, c), ["batch", 4]
+        op = helper.make_node("Gemm", ["x", "w"], ["y"], name="linear", transB=1, alpha=0.5)
+        out = ["batch", c]
+    else:
+        w, bias, x = rng.standard_normal((4, c)) * 0.5, rng.uniform(-0.5, 0.5, (1, c)), ["batch", 4]
+        op = helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")
+        out = ["batch", c]
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")]
+    inits += [numpy_helper.from_array(v, k) for k, v in bn.items()]
+    nodes = [op, helper.make_node("Add", ["y", "b"], ["biased"], name="bias_add"),
+             helper.make_node("BatchNormalization", ["biased", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["n"],
+                              name="bn", epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["out"], name="relu")]
+    return model(nodes, [helper.make_tensor_value_info("x", FLOAT, x)],
+                 [helper.make_tensor_value_info("out", FLOAT, out)], inits, opset=opset, name=f"{kind.lower()}_bias_add")
+
+
+def tied_through_plumbing(opset: int = 17, seed: int = 0, vocab: int = 12, dim: int = 6) -> onnx.ModelProto:
+    """A tied embedding and output head, as torch.onnx.export writes it without constant folding:
+    ids -> Gather(table) -> Relu -> MatMul(Transpose(table)) -> BatchNormalization -> logits, plus a
+    MatMul that reads the table through Cast(Identity(...)) ([vocab, dim] as stored)."""
+    rng = _rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(np.float32), "table")]
+    inits += [numpy_helper.from_array(v, k) for k, v in _bn_params("bn", vocab, rng).items()]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Relu", ["e"], ["r"], name="relu"),
+             helper.make_node("ReduceMean", ["r"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("Transpose", ["table"], ["table_t"], name="head_t", perm=[1, 0]),
+             helper.make_node("MatMul", ["pooled", "table_t"], ["h"], name="head"),
+             helper.make_node("BatchNormalization", ["h", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["logits"],
+                              name="bn"),
+             helper.make_node("Identity", ["table"], ["table_i"], name="alias"),
+             helper.make_node("Cast", ["table_i"], ["table_c"], name="as_float", to=FLOAT),
+             helper.make_node("MatMul", ["logits", "table_c"], ["back"], name="back")]
+    return model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+                 [helper.make_tensor_value_info("back", FLOAT, ["batch", dim])], inits, opset=opset,
+                 name="tied_plumbing")

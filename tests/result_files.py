@@ -9,7 +9,7 @@ def expected_files(result):
              "min_max_ranges/activations.json", "per_layer_mse_loss.json", "summary.json"}
     for layer in result.layers:
         for q in layer["quantizers"]:
-            if q.endswith(("_weight", "_bias")):
+            if q.endswith(("_weight", "_bias", "_weight_r")):
                 files.add(f"weights_pdf/{sanitize(layer['name'])}/{q[len(layer['name']) + 1:]}.json")
             else:
                 files.add(f"activations_pdf/{sanitize(q)}.json")

@@ -313,6 +313,44 @@ def test_fold_batch_norms_refuses_a_unit_whose_weight_other_nodes_read():
     np.testing.assert_array_equal(work.units["conv2"].weight, w)
 
 
+@pytest.mark.parametrize("kind", ["ConvTranspose", "Conv", "Gemm", "MatMul"])
+def test_fold_batch_norms_through_a_bias_add_keeps_the_fp32_outputs(kind):
+    """A linear op whose bias is a separate Add of a per-channel constant, then a batch norm: the
+    bias and the batch norm fold into the op (the Add and the batch norm go), the outputs stay."""
+    model = om.bias_add_bn(kind)
+    work = run_until(model, fold_batch_norms)
+    assert work.folded == [("bn", "linear")]
+    assert [n.op_type for n in work.nodes if n.name not in work.absorbed] == [kind, "Relu"]
+    unit = work.units["linear"]
+    w, b = om.onnx_weight(model, "w"), om.onnx_weight(model, "b").reshape(-1)
+    bn = {k: om.onnx_weight(model, k) for k in ("bn_scale", "bn_bias", "bn_mean", "bn_var")}
+    expect_w, expect_b = folded_reference(w, b, bn, 1e-3, axis=unit.weight_axis)
+    np.testing.assert_allclose(unit.weight, expect_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(unit.bias.reshape(-1), expect_b, rtol=1e-6, atol=1e-6)
+    shape = [3, 4, 5, 5] if kind.startswith("Conv") else [3, 4]
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    adapter = qa.adapters.onnx.OnnxAdapter(model, {"x": x})
+    assert adapter.graph.folded_batch_norms == [("bn", "linear")]
+    assert [layer.name for layer in adapter.graph.layers] == ["linear", "relu"]
+    np.testing.assert_allclose(adapter.run({"x": x})[0], om.plain_run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batch_norms_through_a_bias_add_leaves_what_cannot_fold():
+    """The Add's constant is not one value per channel, or the linear op's output is read twice:
+    nothing folds and the graph stays as it was."""
+    model = om.bias_add_bn("Conv")
+    for t in model.graph.initializer:
+        if t.name == "b":  # one value per column: not a per-channel bias
+            t.CopyFrom(numpy_helper.from_array(np.linspace(-1, 1, 5, dtype=np.float32), "b"))
+    work = run_until(model, fold_batch_norms)
+    assert work.folded == [] and [n.op_type for n in work.nodes] == ["Conv", "Add", "BatchNormalization", "Relu"]
+    model = om.bias_add_bn("ConvTranspose")
+    model.graph.node.append(node("Neg", ["y"], ["neg"], name="second_reader"))
+    model.graph.output.append(vi("neg"))
+    work = run_until(model, fold_batch_norms)
+    assert work.folded == [] and "bias_add" in [n.name for n in work.nodes]
+
+
 # ---- insert_quantizers ------------------------------------------------------------------------------
 
 def test_insert_quantizers_layers_parameters_and_points():
@@ -368,6 +406,22 @@ def test_insert_quantizers_shares_a_tensor_read_by_several_layers():
     assert list(work.params) == ["fc1_weight"]
     assert [list(n.input)[1] for n in work.nodes] == ["qa::fc1_weight"] * 3
     assert prune_dead_nodes(work) == []  # nothing reads the initializer any more
+
+
+def test_insert_quantizers_ties_a_tensor_read_through_weight_plumbing():
+    """Layers that read one stored table directly and through Transpose / Identity + Cast: one
+    graph input on the stored values; the plumbing stays and reads it; the table goes."""
+    model = om.tied_through_plumbing()
+    work = run_until(model, insert_quantizers)
+    layers = {layer.name: layer for layer in work.layers}
+    assert [q.name for q in layers["embed"].params] == ["embed_weight"]
+    assert layers["head"].params == layers["embed"].params == layers["back"].params
+    np.testing.assert_array_equal(work.params["embed_weight"].original, om.onnx_weight(model, "table"))
+    inputs = {n.name: list(n.input) for n in work.nodes}
+    assert inputs["embed"][0] == inputs["head_t"][0] == inputs["alias"][0] == "qa::embed_weight"
+    assert inputs["head"][1] == "table_t" and inputs["back"][1] == "table_c"  # read through the plumbing
+    assert [t.name for t in prune_dead_nodes(work)] == ["bn_mean", "bn_var"]  # the batch norm's (unfolded)
+    assert {"head_t", "alias", "as_float"} <= {n.name for n in work.nodes}
 
 
 # ---- prune_dead_nodes and prepare ------------------------------------------------------------------

@@ -166,7 +166,9 @@ def test_multihead_attention_weights_are_quantized_and_its_internals_listed():
         analyzer = _analyzer(Net().eval(), [torch.randn(2, 5, 16)])
     graph = analyzer.adapter.graph
     layer = graph["attn/multi_head_attention_forward"]
-    assert {q.param for q in layer.params} == {"in_proj_weight", "in_proj_bias", "weight", "bias"}
+    assert [q.name for q in layer.params] == [f"attn/multi_head_attention_forward_{p}" for p in
+                                              ("in_proj_weight", "in_proj_bias", "weight", "bias")]
+    assert [q.param for q in layer.params] == ["weight", "bias", "weight", "bias"]  # the config's roles
     assert [q.name for q in layer.quantizers if q.kind == "output"] == ["attn/multi_head_attention_forward_output_0"]
     assert graph.unquantized_ops == ["the attention inside it (its matmuls and softmax) of "
                                      "attn/multi_head_attention_forward"]
@@ -313,3 +315,23 @@ def test_transformers_bert_from_a_config(tmp_path):
     result = analyzer.analyze(quant_scheme="tf", results_dir=tmp_path)
     assert result.fp32_score == 0.0 and math.isfinite(result.quantized_score) and result.quantized_score < 0
     assert f"{scope}/softmax" in result.per_layer_quant_enabled
+
+
+def test_lstm_weights_take_the_configs_weight_and_bias_settings():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(4, 6, batch_first=True)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0][:, -1])
+
+    analyzer = _analyzer(Net().eval(), [torch.randn(3, 5, 4)])
+    layer = analyzer.adapter.graph["lstm"]
+    assert (layer.op_type, [q.name for q in layer.params]) == ("LSTM", [
+        "lstm_weight_ih_l0", "lstm_weight_hh_l0", "lstm_bias_ih_l0", "lstm_bias_hh_l0"])
+    assert [q.axis for q in layer.params] == [0, 0, None, None]
+    sim = analyzer.create_quantsim("tf")  # AIMET's default config: weights quantized, biases not
+    assert [sim.quantizers[q.name].enabled for q in layer.params] == [True, True, False, False]
+    assert len([q for q in layer.quantizers if q.kind == "output"]) == 3  # output, h and c

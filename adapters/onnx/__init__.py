@@ -31,14 +31,25 @@ What is a layer (key names as AIMET's ONNX QuantAnalyzer: the node name):
 * a MatMul with a constant weight followed by an Add of a constant bias is one layer (as
   ``nn.Linear`` exports and as runtimes execute it): weight and bias parameters, one output
   quantizer after the Add.
+* parameters (``<layer>_weight``, ``<layer>_bias``, as AIMET's param types): the constant weight
+  and bias of Conv, ConvTranspose, Gemm, MatMul (either operand: ``W @ x`` too), Einsum (its
+  constant operand), DeformConv, the norms, PRelu and embedding Gathers; LSTM / GRU / RNN get
+  ``_weight`` (W), ``_weight_r`` (R, AIMET's name; the config's ``weight`` settings) and
+  ``_bias`` (B), per channel on the gate * hidden axis. A weight that plumbing computes from
+  constants (Slice / Concat before an exported LSTM, a weight norm) is evaluated and is the
+  parameter, as in a deployed graph where it is folded.
 * a constant tensor several layers read as a parameter (a tied weight) is one quantizer, named
-  after the first of them, and no batch norm folds into a layer whose weight or bias other nodes
-  read (``graph.unfolded_batch_norms`` says why). ONNX has no analogue of a module called twice:
-  each node runs once.
+  after the first of them, also when they read it through constant data movement (an embedding
+  table and its Transpose in a tied LM head), and no batch norm folds into a layer whose weight
+  or bias other nodes read (``graph.unfolded_batch_norms`` says why). ONNX has no analogue of a
+  module called twice: each node runs once.
 * every layer's float outputs get an output quantizer, data movement (Reshape, Transpose,
   Flatten, ...) included: whether it quantizes is the quantsim config's choice, as in AIMET.
+  Identity and inference-mode Dropout pass data through: they are no layers and get no
+  quantizer under any config (as ``nn.Identity`` in torch).
 * If / Loop / Scan nodes and their subgraphs stay in float and are listed in
-  ``graph.unquantized_ops``.
+  ``graph.unquantized_ops``, as are constant inputs no parameter quantizer covers (a
+  custom-domain op's weights, LSTM peepholes, a weight computed by ops qa cannot evaluate).
 * graphs that are quantized already (QuantizeLinear, QLinearConv, MatMulInteger, ...) are
   refused with a ``QAValueError``.
 """
@@ -98,7 +109,7 @@ class OnnxAdapter(Adapter):
     """
 
     framework = "onnx"
-    unquantized_hint = "nodes inside If/Loop subgraphs and custom-domain ops stay in float"
+    unquantized_hint = "nodes inside If/Loop subgraphs and the weights of custom-domain ops stay in float"
     priority = 30
 
     @classmethod

@@ -11,9 +11,10 @@ from onnx.reference import ReferenceEvaluator
 
 from .nodes import STANDARD_DOMAINS
 
-# The ops evaluated on constants: what exporters put between a stored weight and the op that
-# uses it. Other ops on constants (Mul, Div, ...) are not evaluated, so what they compute is not
-# a parameter (and a node that only reads constants is weight plumbing either way).
+# The ops evaluated on constants up front: what exporters put between a stored weight and the op
+# that uses it. Other ops on constants (Slice, Concat, Mul, Div, ...) are evaluated only when a
+# parameter slot reads what they make (Work.weight); a node that only reads constants is weight
+# plumbing either way.
 EVALUATED = frozenset({"Constant", "Identity", "Transpose", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten"})
 
 
@@ -50,19 +51,25 @@ class Constants:
         except Exception:
             return None
 
-    def evaluate(self, node: onnx.NodeProto) -> bool:
+    def evaluate(self, node: onnx.NodeProto, any_op: bool = False) -> bool:
         """Record the output of a Constant node or of a shape op on constants (onnx's reference
-        evaluator computes it); False when the node is none of these or cannot be evaluated."""
-        if node.op_type not in EVALUATED or node.domain not in STANDARD_DOMAINS or len(node.output) != 1:
+        evaluator computes it); False when the node is none of these or cannot be evaluated.
+        ``any_op``: any standard op on constants (weight plumbing a parameter is made by, evaluated
+        on demand: :meth:`.work.Work.weight`), its outputs all recorded."""
+        if node.domain not in STANDARD_DOMAINS or not node.output:
+            return False
+        if not any_op and (node.op_type not in EVALUATED or len(node.output) != 1):
             return False
         ins = list(node.input)
-        if node.op_type != "Constant" and (not ins or not all(i and i in self for i in ins)):
+        if node.op_type != "Constant" and (not ins or not all(i in self for i in ins if i)):
             return False
         try:
-            (value,) = ReferenceEvaluator(node, opsets=self._opsets).run(None, {i: self.get(i) for i in ins})
+            values = ReferenceEvaluator(node, opsets=self._opsets).run(None, {i: self.get(i) for i in ins if i})
         except Exception:
             return False
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
-            return False  # strings, sparse tensors: not weights
-        self.arrays[node.output[0]] = np.require(value, requirements="C")  # a scalar stays 0-d
+        if any(not isinstance(v, np.ndarray) or v.dtype.kind not in "biufc" for v in values):
+            return False  # strings, sparse tensors, sequences: not weights
+        for name, value in zip(node.output, values):
+            if name:
+                self.arrays[name] = np.require(value, requirements="C")  # a scalar stays 0-d
         return True

@@ -123,7 +123,8 @@ def sort_nodes(work: Work) -> None:
 def classify_constants(work: Work) -> None:
     """Split tensors into run-time ones (they depend on a model input, or on a node without
     inputs such as RandomNormal) and constants, record the values of constants that Constant
-    nodes and shape ops make, and the nodes that compute on constants only (weight plumbing)."""
+    nodes and shape ops make, and the nodes that compute on constants only (weight plumbing,
+    ``work.plumbing`` by output: what ``Work.weight`` evaluates on demand)."""
     consts = work.consts
     runtime = work.runtime
     runtime.update(vi.name for vi in work.inputs)
@@ -138,6 +139,8 @@ def classify_constants(work: Work) -> None:
                 work.constant_nodes.add(node.name)
         else:
             work.constant_nodes.add(node.name)
+        if node.name in work.constant_nodes:
+            work.plumbing.update((o, node) for o in node.output if o)
 
 
 def infer_types(work: Work) -> None:

@@ -12,7 +12,7 @@ from onnx import TensorProto
 from ...graph import Layer
 from .constants import Constants
 from .load import opset
-from .nodes import FLOAT_TYPES
+from .nodes import CONTROL_FLOW, FLOAT_TYPES
 
 __all__ = ["Work", "Prepared", "Unit", "Param", "Point"]
 
@@ -24,6 +24,7 @@ class Unit:
     node: onnx.NodeProto
     weight: np.ndarray
     weight_axis: Optional[int]  # the weight's output-channel axis (None: not one axis)
+    weight_slot: int = 1  # 0: a constant first operand (MatMul(W, x), Gemm(A, x))
     bias: Optional[np.ndarray] = None
     bias_node: Optional[onnx.NodeProto] = None  # the Add (MatMul + Add), else the bias is an input of node
     bias_slot: int = 2
@@ -70,6 +71,8 @@ class Work:
     nodes: List[onnx.NodeProto] = field(default_factory=list)  # copies, changed freely
     runtime: Set[str] = field(default_factory=set)  # tensors that depend on the model inputs
     constant_nodes: Set[str] = field(default_factory=set)  # nodes that compute on constants only
+    plumbing: Dict[str, onnx.NodeProto] = field(default_factory=dict)  # output -> the constant node making it
+    unevaluable: Set[str] = field(default_factory=set)  # weight plumbing outputs Work.weight could not compute
     types: Dict[str, int] = field(default_factory=dict)  # tensor -> ONNX element type
     ranks: Dict[str, Optional[int]] = field(default_factory=dict)  # tensor -> rank (None: unknown)
     units: Dict[str, Unit] = field(default_factory=dict)  # node name -> its linear unit
@@ -108,6 +111,38 @@ class Work:
         """A float tensor known without running the model."""
         return (bool(name) and name in self.consts and name not in self.runtime
                 and self.consts.elem_type(name) in FLOAT_TYPES)
+
+    def weight(self, name: str) -> Optional[np.ndarray]:
+        """The values of a float tensor known without running the model, None for anything else.
+        A tensor that weight plumbing makes with ops :mod:`.constants` does not evaluate up front
+        (the Slice and Concat before an exported LSTM's W, a weight norm's Div) is computed now, on
+        demand, so that every weight a deployed graph would fold to a constant is a parameter."""
+        if not name or name in self.runtime:
+            return None
+        if name not in self.consts and not self._evaluate(name):
+            return None
+        return self.consts.get(name) if self.const_float(name) else None
+
+    def _evaluate(self, name: str) -> bool:
+        """Evaluate the weight plumbing that makes ``name`` (depth first, without recursion)."""
+        stack = [name]  # the graph is acyclic (sort_nodes checked it)
+        while stack:
+            tensor = stack[-1]
+            if tensor in self.consts:
+                stack.pop()
+                continue
+            node = self.plumbing.get(tensor)
+            missing = [i for i in node.input if i and i not in self.consts] if node is not None else []
+            if (tensor in self.unevaluable or node is None or node.op_type in CONTROL_FLOW
+                    or any(i in self.unevaluable for i in missing)):
+                self.unevaluable.update((tensor, name))
+                return False
+            if missing:
+                stack.extend(missing)
+            elif not self.consts.evaluate(node, any_op=True):
+                self.unevaluable.update((tensor, name))
+                return False
+        return True
 
 
 @dataclass

@@ -56,6 +56,14 @@ def _leaves(model: nn.Module) -> Dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and is_known_leaf(m)}
 
 
+def _config_role(name: str) -> str:
+    """The quantsim-config role of a parameter: ``weight_ih_l0`` (an LSTM's) is a weight,
+    ``bias_hh_l0`` and ``in_proj_bias`` biases, so that the config's weight and bias settings reach them."""
+    if "bias" in name:
+        return "bias"
+    return "weight" if "weight" in name else name
+
+
 def _name_ops(trace: Trace, model: nn.Module) -> None:
     """Give every op that will be a layer its readable name: ``<scope>/<op>``, ``<scope>/<op>_1``,
     ... per scope in execution order (plain ``<op>`` in the model's own forward); the one op of a
@@ -280,9 +288,9 @@ class TorchAdapter(Adapter):
                 q = by_param.get(id(p))
                 if q is None:
                     axis = (module_weight_axis(leaves[call.module]) if call.kind == "module"
-                            else weight_axis(call.info.name, role, call.groups)) if role == "weight" else None
+                            else weight_axis(call.info.name, role, call.groups)) if _config_role(role) == "weight" else None
                     q = by_param[id(p)] = Quantizer(name=f"{layer.name}_{role}", layer=layer.name, kind=PARAM,
-                                                    param=role, shape=tuple(p.shape), axis=axis)
+                                                    param=_config_role(role), shape=tuple(p.shape), axis=axis)
                     self._params[q.name] = (q, p, p.data)
                 layer.quantizers.append(q)
             layer.quantizers += self._input_quantizers(call, trace, layer)

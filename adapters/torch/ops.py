@@ -33,7 +33,7 @@ MODULE_OP_TYPES: List[Tuple[Any, str]] = [
     (nn.ReLU, "Relu"), ((nn.ReLU6, nn.Hardtanh), "Clip"), (nn.LeakyReLU, "LeakyRelu"), (nn.PReLU, "PRelu"),
     (nn.Sigmoid, "Sigmoid"), (nn.Tanh, "Tanh"), (nn.GELU, "Gelu"), (nn.SiLU, "Silu"), (nn.Hardswish, "HardSwish"),
     (nn.Hardsigmoid, "HardSigmoid"), (nn.ELU, "Elu"), (nn.Softmax, "Softmax"), (nn.LogSoftmax, "LogSoftmax"),
-    (nn.Mish, "Mish"), (nn.Softplus, "Softplus"),
+    (nn.Mish, "Mish"), (nn.Softplus, "Softplus"), (nn.LSTM, "LSTM"), (nn.GRU, "GRU"), (nn.RNN, "RNN"),
     ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), "MaxPool"),
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "AveragePool"),
     ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "GlobalAveragePool"),
@@ -193,7 +193,7 @@ def module_weight_axis(module: nn.Module) -> Optional[int]:
     """The output-channel axis of a module's weight, for per-channel quantization (None: per tensor only)."""
     if isinstance(module, _CONV_T):
         return 1 if module.groups == 1 else None
-    if isinstance(module, _CONV + (nn.Linear,)):
+    if isinstance(module, _CONV + (nn.Linear, nn.RNNBase)):
         return 0
     return None
 
