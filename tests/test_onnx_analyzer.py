@@ -259,6 +259,107 @@ def test_transformer_block_with_erf_gelu(tmp_path):
     assert result.quantized_score < 0
 
 
+# ---- functional ops: the PyTorch adapter's op layers against the exported graph's nodes ---------------
+
+# ONNX op type -> the torch function name that produced it (the PyTorch adapter's op layer names)
+_TORCH_FUNCTION = {"MatMul": "matmul", "Softmax": "softmax", "Add": "add", "Div": "div", "Mul": "mul",
+                   "Relu": "relu", "Conv": "conv2d", "Gelu": "gelu", "ReduceMean": "mean", "Clip": "relu6"}
+
+
+def torch_layer_of(node_name, torch_layers):
+    """'/attn/q/MatMul' -> 'attn.q' (a module layer), '/attn/MatMul_1' -> 'attn/matmul_1' (an op of
+    module attn), '/Add' -> 'add' (an op of the model's own forward)."""
+    *scope, op = node_name.strip("/").split("/")
+    module = ".".join(scope)
+    if module in torch_layers:
+        return module
+    kind, _, n = op.partition("_")
+    name = _TORCH_FUNCTION.get(kind, kind.lower()) + (f"_{n}" if n else "")
+    return f"{module}/{name}" if module else name
+
+
+def _compare_op_layers(r_onnx, r_torch):
+    """Same scores, same swept layers (ONNX node names mapped to torch op layer names), same top 3."""
+    pairs = [(r_onnx.fp32_score, r_torch.fp32_score), (r_onnx.weight_quantized_score, r_torch.weight_quantized_score),
+             (r_onnx.activation_quantized_score, r_torch.activation_quantized_score),
+             (r_onnx.quantized_score, r_torch.quantized_score)]
+    scale = max(abs(v) for pair in pairs for v in pair)
+    for (a, b), what in zip(pairs, ("fp32", "weights", "activations", "all")):
+        assert_close_scores(a, b, scale, what)
+    names = set(r_torch.per_layer_mse)
+    for sweep in ("per_layer_quant_enabled", "per_layer_quant_disabled", "per_layer_mse"):
+        onnx_scores = {torch_layer_of(k, names): v for k, v in getattr(r_onnx, sweep).items()}
+        torch_scores = getattr(r_torch, sweep)
+        assert set(onnx_scores) == set(torch_scores), sweep
+        scale = max(abs(v) for v in list(onnx_scores.values()) + list(torch_scores.values()))
+        for layer, v in torch_scores.items():
+            assert_close_scores(onnx_scores[layer], v, scale, f"{sweep}[{layer}]")
+    assert [torch_layer_of(n, names) for n in r_onnx.most_sensitive_layers(3)] == r_torch.most_sensitive_layers(3)
+
+
+def _functional_block():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Attention(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+        def forward(self, h):
+            p = torch.softmax(self.q(h) @ self.k(h).transpose(-2, -1) / 4.0, dim=-1)
+            return self.o(p @ self.v(h))
+
+    class Block(nn.Module):
+        def __init__(self, d=16):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.attn = Attention(d)
+            self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln1(x))
+            return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+    torch.manual_seed(1)
+    return Block().eval()
+
+
+def test_transformer_block_with_functional_ops_agrees_with_pytorch(tmp_path):
+    net = _functional_block()
+    data = batches((4, 8, 16))
+    model = export(net, data[0][:1], opset=20)
+    analyzer, r_onnx = analyze_onnx(model, "input", data, tmp_path / "onnx", default_param_bw=4,
+                                    default_activation_bw=6)
+    r_torch = _analyze_torch(net, data, tmp_path / "torch", default_param_bw=4, default_output_bw=6)
+    assert {"attn/matmul", "attn/div", "attn/softmax", "attn/matmul_1", "add", "gelu", "add_1"} <= \
+        set(r_torch.per_layer_quant_enabled)
+    _compare_op_layers(r_onnx, r_torch)
+
+
+def test_functional_convs_with_folded_batch_norms_agree_with_pytorch(tmp_path):
+    pytest.importorskip("torch")
+    import torch.nn.functional as F
+    import torch_zoo
+
+    class Net(torch_zoo.SameConvNet):  # relu: one ONNX node per op (silu exports as Sigmoid + Mul)
+        def forward(self, x):
+            x = F.relu(self.bn0(self.conv_stem(x)))
+            x = F.relu(self.bn1(self.dw(x)))
+            return self.head(self.bn2(self.pw(x)).mean((2, 3)))
+
+    net = Net().eval()
+    data = batches((6, 3, 16, 16))
+    model = export(net, data[0][:1], opset=17)
+    analyzer, r_onnx = analyze_onnx(model, "input", data, tmp_path / "onnx", default_param_bw=4)
+    r_torch = _analyze_torch(net, data, tmp_path / "torch", default_param_bw=4)
+    names = set(r_torch.per_layer_mse)
+    assert [(torch_module_of(bn), torch_layer_of(c, names)) for bn, c in r_onnx.folded_batch_norms] == \
+        r_torch.folded_batch_norms == [("bn0", "conv_stem/conv2d"), ("bn1", "dw/conv2d"), ("bn2", "pw/conv2d")]
+    _compare_op_layers(r_onnx, r_torch)
+
+
 # ---- FP32 runs, fake quantization, weights ---------------------------------------------------------
 
 def test_fp32_score_equals_plain_onnxruntime(tmp_path):
