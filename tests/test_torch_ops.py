@@ -149,29 +149,50 @@ def test_gpt_like_tied_head_is_one_quantizer_read_by_the_functional_head():
     assert torch.equal(copy_.wte.weight, model.wte.weight)
 
 
-def test_multihead_attention_weights_are_quantized_and_its_internals_listed():
+@pytest.mark.parametrize("case", ["self", "padding_mask", "causal_layer", "unbatched"])
+def test_multihead_attention_is_written_out_in_quantized_ops(case):
+    """nn.MultiheadAttention (and nn.TransformerEncoderLayer) compute through one composite
+    function; qa writes it out so that its projections, scores, mask add and softmax are layers."""
     torch.manual_seed(0)
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-            self.fc = nn.Linear(16, 4)
+            self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
 
-        def forward(self, x):
-            return self.fc(self.attn(x, x, x, need_weights=False)[0])
+        def forward(self, x, pad):
+            if case == "causal_layer":
+                mask = nn.Transformer.generate_square_subsequent_mask(x.shape[-2])
+                return self.layer(x, src_mask=mask, src_key_padding_mask=pad)
+            if case == "unbatched":
+                return self.attn(x[0], x[0], x[0])[0]
+            return self.attn(x, x, x, key_padding_mask=pad if case == "padding_mask" else None)[0]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        analyzer = _analyzer(Net().eval(), [torch.randn(2, 5, 16)])
+    x = torch.randn(3, 5, 16)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    model = Net().eval()
+    analyzer = _analyzer(model, [(x, pad)], run=lambda m, b: m(*b))
     graph = analyzer.adapter.graph
-    layer = graph["attn/multi_head_attention_forward"]
-    assert [q.name for q in layer.params] == [f"attn/multi_head_attention_forward_{p}" for p in
-                                              ("in_proj_weight", "in_proj_bias", "weight", "bias")]
-    assert [q.param for q in layer.params] == ["weight", "bias", "weight", "bias"]  # the config's roles
-    assert [q.name for q in layer.quantizers if q.kind == "output"] == ["attn/multi_head_attention_forward_output_0"]
-    assert graph.unquantized_ops == ["the attention inside it (its matmuls and softmax) of "
-                                     "attn/multi_head_attention_forward"]
+    scope = "layer.self_attn" if case == "causal_layer" else "attn"
+    ops = [layer.name[len(scope) + 1:] for layer in graph.layers if layer.name.startswith(scope + "/")]
+    core = ["linear", "linear_1", "linear_2", "mul", "bmm"]
+    expected = {"self": core + ["softmax", "bmm_1", "linear_3", "mean"],
+                "unbatched": core + ["softmax", "bmm_1", "linear_3", "mean"],
+                # the module turns the boolean padding mask into -inf (masked_fill) before the call
+                "padding_mask": ["masked_fill"] + core + ["add", "softmax", "bmm_1", "linear_3", "mean"],
+                # the causal and padding masks are summed, then added to the scores
+                "causal_layer": core + ["add", "add_1", "softmax", "bmm_1", "linear_3"]}[case]
+    assert ops == expected
+    # the packed in_proj weight is one quantizer for the three projections
+    q, k = graph[f"{scope}/linear"], graph[f"{scope}/linear_1"]
+    assert q.params[0] is k.params[0] and q.params[0].name == f"{scope}/linear_weight"
+    assert graph.unquantized_ops == []
+    with torch.no_grad():
+        assert torch.allclose(analyzer.adapter.run((x, pad)), model(x, pad), atol=1e-5)
+    sim = analyzer.create_quantsim("tf")
+    assert sim.quantizers[f"{scope}/softmax_output_0"].encoding is not None
 
 
 # ---- in-place ops, branches, names -----------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ...graph import Quantizer, call_name
+from .decompose import DECOMPOSED
 from .ops import META, MOVE, FuncInfo, classify, groups_of, is_float, param_role
 
 __all__ = ["Call", "Trace", "Interceptor", "Site", "tensors", "key_of"]
@@ -436,6 +437,12 @@ class Interceptor:
             if self.trace is not None:
                 self.trace.moved(args, kwargs, out)
             return out
+        written_out = DECOMPOSED.get(info.name)
+        if written_out is not None:
+            with self.mode:  # the mode is off inside its own handler: on again for the ops written out
+                out = written_out(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         code, line = _call_site()
         base = (self.stack[-1] if self.stack else "", code, line, info.name)
         n = self.op_counts.get(base, 0)
