@@ -11,7 +11,6 @@ import copy
 import itertools
 import json
 import math
-import types
 import warnings
 
 import numpy as np
@@ -223,17 +222,6 @@ def brute_force_errors(model, encodings, batches, layers):
         mse[name] = sse / count
         sqnr[name] = 10 * math.log10(ssr / sse) if sse else math.inf
     return mse, sqnr
-
-
-def _owned(result):
-    """The result with each quantizer listed by its first layer only: a shared parameter (tied
-    weights, a module called twice) has one histogram file, in the folder of the layer that owns it."""
-    seen = set()
-    layers = []
-    for layer in result.layers:
-        layers.append({**layer, "quantizers": [q for q in layer["quantizers"] if q not in seen]})
-        seen.update(layer["quantizers"])
-    return types.SimpleNamespace(results_dir=result.results_dir, layers=layers)
 
 
 def max_diff(a, b):
@@ -525,7 +513,7 @@ def test_analyze_end_to_end_writes_every_file(case, tmp_path):
     result = quiet(analyzer.analyze, results_dir=tmp_path)  # tf_enhanced by default
     assert result.status == "complete" and result.error is None
     assert result.quant_scheme == "tf_enhanced"
-    files = expected_files(_owned(result))
+    files = expected_files(result)
     missing = [str(f.relative_to(tmp_path)) for f in files if not f.is_file()]
     assert not missing
     assert set(result.files) >= files
