@@ -306,10 +306,11 @@ def test_computed_weights_are_listed_as_float():
 
 # ---- Hugging Face --------------------------------------------------------------------------------
 
-def test_transformers_bert_from_a_config(tmp_path):
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_transformers_bert_from_a_config(attention, tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+                                      intermediate_size=64, max_position_embeddings=32, attn_implementation=attention)
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval()
     batches = [zoo.bert_inputs(4, 8, seed=i) for i in range(2)]
@@ -329,11 +330,14 @@ def test_transformers_bert_from_a_config(tmp_path):
     analyzer = qa.QuantAnalyzer(model, batches[0], calibrate, score, progress=False)
     graph = analyzer.adapter.graph
     scope = "encoder.layer.0.attention.self"
-    assert {f"{scope}/matmul", f"{scope}/softmax", f"{scope}/matmul_1", "encoder.layer.0.output/add"} <= \
-        set(graph._by_name)
+    assert {f"{scope}/matmul", f"{scope}/mul" if attention == "sdpa" else f"{scope}/add", f"{scope}/softmax",
+            f"{scope}/matmul_1", "encoder.layer.0.output/add"} <= set(graph._by_name)
     assert graph.unquantized_ops == []
+    with torch.no_grad():  # the written-out attention computes what torch's fused one does
+        assert torch.allclose(analyzer.adapter.run(batches[0]).last_hidden_state, reference[0], atol=1e-5)
     result = analyzer.analyze(quant_scheme="tf", results_dir=tmp_path)
-    assert result.fp32_score == 0.0 and math.isfinite(result.quantized_score) and result.quantized_score < 0
+    assert result.fp32_score == pytest.approx(0.0, abs=1e-12)  # float rounding of the written-out attention
+    assert math.isfinite(result.quantized_score) and result.quantized_score < -1e-8
     assert f"{scope}/softmax" in result.per_layer_quant_enabled
 
 
@@ -355,3 +359,19 @@ def test_lstm_weights_take_the_configs_weight_and_bias_settings():
     sim = analyzer.create_quantsim("tf")  # AIMET's default config: weights quantized, biases not
     assert [sim.quantizers[q.name].enabled for q in layer.params] == [True, True, False, False]
     assert len([q for q in layer.quantizers if q.kind == "output"]) == 3  # output, h and c
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "causal"])
+def test_scaled_dot_product_attention_is_written_out(mask):
+    class Net(nn.Module):
+        def forward(self, q, k, v):
+            m = {"none": None, "bool": torch.tril(torch.ones(6, 6, dtype=torch.bool)),
+                 "float": torch.randn(6, 6, generator=torch.Generator().manual_seed(0)), "causal": None}[mask]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=mask == "causal")
+
+    x = tuple(torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    adapter = TorchAdapter(Net().eval(), x)
+    masking = {"none": [], "bool": ["masked_fill"], "float": ["add"], "causal": ["masked_fill"]}[mask]
+    assert [layer.name for layer in adapter.graph.layers] == ["matmul", "mul"] + masking + ["softmax", "matmul_1"]
+    with torch.no_grad():
+        assert torch.allclose(adapter.run(x), Net()(*x), atol=1e-6)

@@ -1,5 +1,9 @@
 """Composite torch functions written out in the ops a deployed graph has, so each is a layer.
 
+``F.scaled_dot_product_attention`` is written out the same way (:func:`scaled_dot_product_attention`):
+an exported graph computes it as MatMul, Mul, Add, Softmax, MatMul, and those are where
+attention quantization goes wrong.
+
 ``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and so
 ``nn.TransformerEncoderLayer`` and torchvision's ViT call) is one function to a function mode:
 its projections, score matmul, mask add and softmax run unseen. :func:`multi_head_attention`
@@ -97,4 +101,31 @@ def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return (out.squeeze(1) if unbatched else out), weights
 
 
-DECOMPOSED = {"multi_head_attention_forward": multi_head_attention}
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Any:
+    """``F.scaled_dot_product_attention`` (Hugging Face's default attention) in seen ops:
+    ``matmul``, ``mul`` by the scale, the mask (``add``, or ``masked_fill`` for a boolean one),
+    ``softmax``, ``matmul``; ``NotImplemented`` with dropout."""
+    if dropout_p > 0:
+        return NotImplemented
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(repeat, dim=-3), value.repeat_interleave(repeat, dim=-3)
+    factor = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    if is_causal:
+        tgt, src = query.shape[-2], key.shape[-2]
+        causal = torch.ones(tgt, src, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+DECOMPOSED = {"multi_head_attention_forward": multi_head_attention,
+              "scaled_dot_product_attention": scaled_dot_product_attention}
