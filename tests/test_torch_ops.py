@@ -375,3 +375,33 @@ def test_scaled_dot_product_attention_is_written_out(mask):
     assert [layer.name for layer in adapter.graph.layers] == ["matmul", "mul"] + masking + ["softmax", "matmul_1"]
     with torch.no_grad():
         assert torch.allclose(adapter.run(x), Net()(*x), atol=1e-6)
+
+
+def test_config_supergroups_apply_to_op_layers():
+    """Conv+BN+ReLU written functionally is the Conv+Relu supergroup (the conv's output quantizer
+    off); a user config's MatMul+Add supergroup leaves the matmul's output to the add."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = zoo.SameConv(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.w = nn.Parameter(torch.randn(4, 4))
+            self.b = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            h = F.relu(self.bn(self.conv(x))).mean((2, 3))
+            return h @ self.w + self.b
+
+    analyzer = _analyzer(Net().eval(), [torch.randn(2, 3, 8, 8)])
+    graph = analyzer.adapter.graph
+    assert [layer.name for layer in graph.layers] == ["conv.static_padding", "conv/conv2d", "relu", "mean",
+                                                      "matmul", "add"]
+    assert [q.name for q in graph["matmul"].params] == ["matmul_w"] and [q.name for q in graph["add"].params] == [
+        "add_b"]
+    sim = analyzer.create_quantsim("tf")
+    assert not sim.quantizers["conv/conv2d_output_0"].enabled and sim.quantizers["relu_output_0"].enabled
+    assert sim.quantizers["matmul_output_0"].enabled
+    config = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}},
+              "supergroups": [{"op_list": ["MatMul", "Add"]}]}
+    sim = analyzer.create_quantsim("tf", config_file=config)
+    assert not sim.quantizers["matmul_output_0"].enabled and sim.quantizers["add_output_0"].enabled
