@@ -21,6 +21,7 @@ The verbs, the same for every framework:
 ``run(inputs)``        one forward pass on model inputs
 ``observing(obs)``     within the block, stream every activation into its observer
 ``capturing(sink)``    within the block, pass every layer output to ``sink(layer, i, array)``
+``memoized(budget)``   within one sweep, evaluations may replay what cannot have changed
 ``close()``            undo hooks and patches, free sessions
 =====================  ==================================================================
 """
@@ -160,6 +161,15 @@ class Adapter(abc.ABC):
         finally:
             self._observers = None
             self.activate(previous)
+
+    @contextlib.contextmanager
+    def memoized(self, budget: int) -> Iterator[Optional[Callable[[Iterable[str]], None]]]:
+        """Within the block (the evaluations of one sweep, all against one reference: nothing on, or
+        everything on), an adapter that can may skip recomputing what the quantizers that differ
+        from the reference cannot have changed; the engine calls the yielded function with those
+        quantizers before each evaluation. Results must equal full evaluations bit for bit. The
+        default yields None: every evaluation runs in full."""
+        yield None
 
     @contextlib.contextmanager
     def capturing(self, sink: Sink) -> Iterator[None]:

@@ -29,7 +29,7 @@ import contextlib
 import copy
 import logging
 import types
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from ...graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 from .. import register
 from .._base import FLOAT, ActiveSet, Adapter, check_ignored
 from .calls import Call, Interceptor, OpKey, Site, Trace, tensors
+from .memo import Memo
 from .fold import batch_norm_pairs, fold_batch_norms, fold_into_op
 from .ops import is_known_leaf, module_weight_axis, op_type_of, weight_axis
 
@@ -201,6 +202,8 @@ class TorchAdapter(Adapter):
         self.graph.folded_batch_norms = folded
         self.graph.unfolded_batch_norms = refused
         self._install_sites(trace, calls, ignored)
+        self._structure = trace.structure()
+        self._cuts = self._first_uses(trace)
         adapter = self
 
         def train(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -363,6 +366,37 @@ class TorchAdapter(Adapter):
             if name not in calls.module_sites and (name in ignored or isinstance(m, nn.Identity)):
                 calls.module_sites[name] = [None]
         calls.traced_ops = set(trace.ops)
+
+    def _first_uses(self, trace: Trace) -> Dict[str, int]:
+        """Quantizer -> the position of the first call that uses it (memoized sweeps cut there): its
+        layer's call for an activation, the first call reading the parameter for a weight."""
+        position = {c.name: c.position for c in trace.order if c.name in self.graph}
+        reads: Dict[int, int] = {}
+        for c in trace.order:
+            params = ([p for _, p, _ in c.params] if c.kind == "op" else
+                      [p for p in self._calls.leaves[c.module]._parameters.values() if p is not None])
+            for p in params:
+                reads[id(p)] = min(reads.get(id(p), c.position), c.position)
+        cuts: Dict[str, int] = {}
+        for layer in self.graph.layers:
+            for q in layer.quantizers:
+                where = reads.get(id(self._params[q.name][1])) if q.kind == PARAM else position[layer.name]
+                if where is not None:
+                    cuts[q.name] = min(cuts.get(q.name, where), where)
+        return cuts
+
+    @contextlib.contextmanager
+    def memoized(self, budget: int) -> Iterator[Callable[[Iterable[str]], None]]:
+        """Within the block (one sweep), evaluations replay what cannot have changed (:mod:`.memo`);
+        call the yielded function with the quantizers that differ from the sweep's reference
+        before each evaluation."""
+        memo = Memo(self._structure, self._cuts, budget, clone=False)
+        self._calls.memo = memo
+        try:
+            yield lambda differing: memo.focus(list(differing))
+        finally:
+            self._calls.memo = None
+            log.info("memoized sweep: %s", memo.stats())
 
     def _site(self, name: str) -> Optional[Site]:
         if name not in self.graph:

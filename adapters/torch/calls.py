@@ -17,6 +17,7 @@ in float and is reported. Its readable layer name is ``<scope>/<op>`` with a per
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
@@ -27,9 +28,12 @@ from torch import nn
 
 from ...graph import Quantizer, call_name
 from .decompose import DECOMPOSED
-from .ops import META, MOVE, FuncInfo, classify, groups_of, is_float, param_role
+from .memo import Abandon, Event, Memo, Structure
+from .ops import META, MOVE, FuncInfo, classify, groups_of, is_float, name_of, param_role
 
 __all__ = ["Call", "Trace", "Interceptor", "Site", "tensors", "key_of"]
+
+log = logging.getLogger("qa.adapters.torch")
 
 OpKey = Tuple[str, Any, int, str, int]  # scope, code object, line, op name, order at that site
 _SKIP = (os.path.dirname(torch.__file__), __file__)
@@ -64,7 +68,7 @@ class Call:
     """One call in a traced pass: a leaf module's call or a torch op's."""
 
     __slots__ = ("kind", "module", "index", "key", "info", "inputs", "outputs", "n_outputs", "params", "dynamic",
-                 "name", "groups", "computed_weight")
+                 "name", "groups", "computed_weight", "position")
 
     def __init__(self, kind: str, module: str, index: int = 0, key: Optional[OpKey] = None,
                  info: Optional[FuncInfo] = None) -> None:
@@ -81,6 +85,7 @@ class Call:
         self.name = call_name(module, index) if kind == "module" else ""
         self.groups = 1
         self.computed_weight = False  # a weight slot holds a tensor computed from parameters
+        self.position = -1  # its place among all calls of the pass (Trace.events)
 
 
 class Trace:
@@ -100,6 +105,39 @@ class Trace:
         self.param_names = param_names  # id(parameter) -> its qualified name
         self.model_outputs: Set[Tuple[int, int]] = set()
         self.ops: Set[OpKey] = set()  # every op seen, layer or not
+        # every call as an event, for memoized sweeps (:mod:`.memo`)
+        self.events: List[Optional[Event]] = []
+        self.handed: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}  # tensor key -> (event, output)s
+        self._opened: Dict[int, Tuple[List[torch.Tensor], List[Tuple[int, int]]]] = {}
+
+    def open(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> int:
+        """The position of a call starting now with these arguments (its tensors are read now,
+        before an in-place call changes their version); :meth:`close` completes it."""
+        ins = tensors((args, kwargs))
+        self._opened[len(self.events)] = (ins, [key_of(t) for t in ins])
+        self.events.append(None)
+        return len(self.events) - 1
+
+    def close(self, p: int, ident: Tuple[Any, ...], out: Any) -> None:
+        ins, in_keys = self._opened.pop(p)
+        outs = tensors(out)
+        self.keep.extend(outs)
+        inputs = [list(self.handed.get(k, [])) for k in in_keys]
+        same_as: Dict[int, int] = {}
+        for i, t in enumerate(outs):
+            k = key_of(t)
+            j = next((j for j, x in enumerate(ins) if x is t), None)
+            if j is not None:
+                same_as[i] = j
+            if k in in_keys:  # handed out again (pass-through): one more name for the same tensor
+                self.handed.setdefault(k, []).append((p, i))
+            else:
+                self.handed[k] = [(p, i)]
+        self.events[p] = Event(ident, inputs, out, len(outs), same_as)
+
+    def structure(self) -> Structure:
+        outputs = {t for k in self.model_outputs for t in self.handed.get(k, [])}
+        return Structure([e for e in self.events if e is not None], outputs)
 
     def source(self, k: Tuple[int, int]) -> Tuple[int, int]:
         while k in self.alias:
@@ -132,6 +170,7 @@ class Trace:
            kwargs: Dict[str, Any]) -> Any:
         self.ops.add(key)
         call = Call("op", key[0], key=key, info=info)
+        call.position = len(self.events) - 1
         for position, keyword, t in _slots(args, kwargs):
             self.keep.append(t)
             call.inputs.append(key_of(t))
@@ -160,6 +199,7 @@ class Trace:
         ts = tensors((args, kwargs))
         self.keep.extend(ts)
         call = Call("module", name, self.calls.get(name, 0))
+        call.position = len(self.events) - 1
         call.inputs = [key_of(t) for t in ts]
         self.calls[name] = call.index + 1
         self.order.append(call)
@@ -303,8 +343,15 @@ class Interceptor:
         self.untraced_ops: Set[str] = set()
         self.mode = _Mode(self)
         self._running: Optional[Site] = None
-        self.handles = [model.register_forward_pre_hook(self._start, prepend=True),
+        self.memo: Optional[Memo] = None  # set for the evaluations of a memoized sweep
+        self._skipping: Optional[int] = None  # the leaf call being replayed
+        self._leaf_at = 0  # the position of the leaf call running
+        self.handles = [model.register_forward_pre_hook(self._start, prepend=True, with_kwargs=True),
                         model.register_forward_hook(self._end, always_call=True)]
+        self._forwards = [model] + [m for m in leaves.values()]
+        model.forward = self._root_forward(model.forward)
+        for m in leaves.values():
+            m.forward = self._leaf_forward(m.forward)
         seen: Set[int] = set()
         for name, m in model.named_modules():
             if id(m) in seen:
@@ -318,24 +365,58 @@ class Interceptor:
         for h in self.handles:
             h.remove()
         self.handles = []
+        for m in self._forwards:
+            m.__dict__.pop("forward", None)
+        self._forwards = []
+
+    def _root_forward(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if self.memo is None:
+                return forward(*args, **kwargs)
+            try:
+                return forward(*args, **kwargs)
+            except Abandon as why:
+                log.debug("memoized sweep: %s; the pass runs again in full", why)
+                self.memo.abandon()
+                self._reset(root=True)
+                return forward(*args, **kwargs)
+        return run
+
+    def _leaf_forward(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if self._skipping is not None:
+                return self.memo.replay(self._skipping, tensors((args, kwargs)))
+            return forward(*args, **kwargs)
+        return run
+
+    def _reset(self, root: bool = False) -> None:
+        self.counts.clear()
+        self.op_counts.clear()
+        self.stack[:] = [""] if root else []
+        if root:
+            self.counts[""] = 1
+        self.leaf_depth = 0
+        self._skipping = None
+        self._running = None
 
     # -- one pass --
 
-    def _start(self, module: nn.Module, args: Any) -> None:
+    def _start(self, module: nn.Module, args: Any, kwargs: Dict[str, Any]) -> None:
         self.depth += 1
         if self.depth > 1:
             return
-        self.counts.clear()
-        self.op_counts.clear()
-        self.stack.clear()
-        self.leaf_depth = 0
+        self._reset()
         self.adapter._new_pass()
+        if self.memo is not None:
+            self.memo.start(args, kwargs)
         self.mode.__enter__()
 
     def _end(self, module: nn.Module, args: Any, output: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
             self.mode.__exit__(None, None, None)
+            if self.memo is not None and output is not None:
+                self.memo.finish()
 
     def _pre(self, name: str, leaf: bool):
         def hook(module, args, kwargs):
@@ -347,11 +428,24 @@ class Interceptor:
             if not leaf:
                 return None
             self.leaf_depth += 1
-            if self.trace is not None:
-                self.trace.module_start(name, args, kwargs)
-                return None
-            return self._leaf_input(name, k, args, kwargs)
+            self.busy = True  # qa's own bookkeeping below is no call of the model's
+            try:
+                return self._leaf_start(name, k, args, kwargs)
+            finally:
+                self.busy = False
         return hook
+
+    def _leaf_start(self, name: str, k: int, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if self.trace is not None:
+            self._leaf_at = self.trace.open(args, kwargs)
+            self.trace.module_start(name, args, kwargs)
+            return None
+        if self.memo is not None:
+            self._leaf_at = self.memo.begin(("m", name))
+            if self.memo.skips(self._leaf_at):
+                self._skipping = self._leaf_at
+                return None
+        return self._leaf_input(name, k, args, kwargs)
 
     def _post(self, name: str, leaf: bool):
         def hook(module, args, output):
@@ -365,11 +459,25 @@ class Interceptor:
             if output is None:  # the forward raised (this hook is always called)
                 self._running = None
                 return None
-            if self.trace is not None:
-                self.trace.module_end(name, output)
-                return None
-            return self._leaf_output(name, output)
+            self.busy = True
+            try:
+                return self._leaf_end(name, args, output)
+            finally:
+                self.busy = False
         return hook
+
+    def _leaf_end(self, name: str, args: Tuple[Any, ...], output: Any) -> Any:
+        if self.trace is not None:
+            self.trace.module_end(name, output)
+            self.trace.close(self._leaf_at, ("m", name), output)
+            return None
+        if self._skipping is not None:
+            self._skipping = None
+            return None
+        result = self._leaf_output(name, output)
+        if self.memo is not None:
+            self.memo.end(self._leaf_at, tensors(output if result is None else result))
+        return result
 
     def _leaf_site(self, name: str, k: int) -> Optional[Site]:
         sites = self.module_sites.get(name)
@@ -397,12 +505,12 @@ class Interceptor:
         return self._outputs(site, output)
 
     def _quantize(self, name: str, t: torch.Tensor) -> Optional[torch.Tensor]:
-        self.busy = True
+        busy, self.busy = self.busy, True
         try:
             q = self.adapter._activation(name, lambda: to_numpy(t))
             return None if q is None else from_result(q, t)
         finally:
-            self.busy = False
+            self.busy = busy
 
     def _outputs(self, site: Site, output: Any, inplace: Tuple[torch.Tensor, ...] = ()) -> Any:
         """The output after the site's output quantizers; a tensor written in place gets the
@@ -410,7 +518,7 @@ class Interceptor:
         ts = tensors(output)
         if not ts:
             return output
-        self.busy = True
+        busy, self.busy = self.busy, True
         try:
             result = self.adapter._layer_outputs(site.name, ts, site.outputs, is_float, to_numpy, from_result)
             for i, (old, new) in enumerate(zip(ts, result)):
@@ -419,7 +527,7 @@ class Interceptor:
                         old.copy_(new)
                     result[i] = old
         finally:
-            self.busy = False
+            self.busy = busy
         if all(new is old for old, new in zip(ts, result)):
             return output
         return _map(output, lambda i, t: result[i], [0])
@@ -430,6 +538,48 @@ class Interceptor:
         if self.busy or self.leaf_depth:
             return func(*args, **kwargs)
         info = classify(func)
+        if isinstance(info, FuncInfo):
+            written_out = DECOMPOSED.get(info.name)
+            if written_out is not None:
+                with self.mode:  # the mode is off inside its own handler: on again for the ops written out
+                    out = written_out(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+        if self.trace is None and self.memo is None:
+            return self._call(info, func, args, kwargs)
+        ident = ("f", self.stack[-1] if self.stack else "", name_of(func))
+        if self.trace is not None:
+            p = self.trace.open(args, kwargs)
+            out = self._call(info, func, args, kwargs)
+            self.trace.close(p, ident, out)
+            return out
+        return self._memo_call(ident, info, func, args, kwargs)
+
+    def _memo_call(self, ident: Tuple[Any, ...], info: Any, func: Callable[..., Any], args: Tuple[Any, ...],
+                   kwargs: Dict[str, Any]) -> Any:
+        """A call in a memoized pass: replayed before the frontier, computed (and remembered) after."""
+        memo = self.memo
+        p = memo.begin(ident)
+        if memo.skips(p):
+            ins = tensors((args, kwargs))
+            if not memo.structure.events[p].n_outputs:  # returns no tensor: run it if it reads no placeholder
+                memo.check_reads(ident[2], ins)
+                return func(*args, **kwargs)
+            if isinstance(info, FuncInfo):
+                self._op_key(info)  # per-site counters stay in step with a computed pass
+            return memo.replay(p, ins)
+        out = self._call(info, func, args, kwargs)
+        memo.end(p, tensors(out))
+        return out
+
+    def _op_key(self, info: FuncInfo) -> OpKey:
+        code, line = _call_site()
+        base = (self.stack[-1] if self.stack else "", code, line, info.name)
+        n = self.op_counts.get(base, 0)
+        self.op_counts[base] = n + 1
+        return base + (n,)
+
+    def _call(self, info: Any, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         if info is META:
             return func(*args, **kwargs)
         if info is MOVE:
@@ -437,17 +587,7 @@ class Interceptor:
             if self.trace is not None:
                 self.trace.moved(args, kwargs, out)
             return out
-        written_out = DECOMPOSED.get(info.name)
-        if written_out is not None:
-            with self.mode:  # the mode is off inside its own handler: on again for the ops written out
-                out = written_out(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        code, line = _call_site()
-        base = (self.stack[-1] if self.stack else "", code, line, info.name)
-        n = self.op_counts.get(base, 0)
-        self.op_counts[base] = n + 1
-        key = base + (n,)
+        key = self._op_key(info)
         bias = self.bias.get(key)
         if bias is not None:
             args, kwargs = _with_bias(args, kwargs, bias)
@@ -456,8 +596,8 @@ class Interceptor:
         site = self.op_sites.get(key)
         if site is None:
             if key not in self.traced_ops:
-                self.untraced_ops.add(f"{info.name} in {base[0] or 'the model'} "
-                                      f"({getattr(code, 'co_filename', '?')}:{line})")
+                self.untraced_ops.add(f"{info.name} in {key[0] or 'the model'} "
+                                      f"({getattr(key[1], 'co_filename', '?')}:{key[2]})")
             return func(*args, **kwargs)
         if site.inputs:
             args, kwargs = _replace(args, kwargs, lambda i, t: self._input(site, i, t))

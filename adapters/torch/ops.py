@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["MODULE_OP_TYPES", "FUNCTION_OP_TYPES", "FuncInfo", "classify", "op_type_of", "is_known_leaf",
+__all__ = ["MODULE_OP_TYPES", "FUNCTION_OP_TYPES", "FuncInfo", "classify", "name_of", "op_type_of", "is_known_leaf",
            "param_role", "weight_axis", "module_weight_axis"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -133,6 +133,20 @@ def _base_name(func: Any) -> str:
 
 
 _cache: Dict[Any, Any] = {}
+_names: Dict[Any, str] = {}
+
+
+def name_of(func: Any) -> str:
+    """A torch function's name as calls are identified by (``__get__`` of ``x.T``: ``T``); cached."""
+    try:
+        return _names[func]
+    except (KeyError, TypeError):
+        name = _base_name(func)
+        try:
+            _names[func] = name
+        except TypeError:
+            pass
+        return name
 
 
 def classify(func: Any) -> Any:
