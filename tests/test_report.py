@@ -27,7 +27,7 @@ HOSTILE = ["<script>alert(1)</script>", 'say "hi" & <b>bold</b>', "../../escaped
            "卷积层\u2028ü", "</script><script>alert(2)</script>", "normal.layer"]
 TAGS = {"html", "head", "meta", "title", "link", "script", "body", "nav", "a", "main", "h1", "h2", "h3", "p",
         "div", "span", "figure", "figcaption", "ul", "ol", "li", "b", "br", "code", "table", "thead", "tbody",
-        "tr", "th", "td", "details", "summary", "footer"}
+        "tr", "th", "td", "details", "summary", "footer", "button"}
 
 
 # ---- a results folder written the way analyze writes it, without needing torch --------------

@@ -27,6 +27,8 @@ ZERO_NOTABLE = 0.25  # share of weights that quantize to 0
 SPREAD_NOTABLE = 4.0  # widest channel range over the median channel range
 MATERIAL = 0.01  # a loss matters from 1% of |FP32| (when percentages are meaningful)
 MANY = 10  # at most this many layers with a NaN score are named one by one
+OWN_SHARE = 0.5  # a layer's own (FP32-input) error is at least this share of its output's error: bad on its own
+INHERITED_SHARE = 0.2  # under this share: the error at its output accumulates from the layers before it
 INF = float("inf")
 
 
@@ -103,6 +105,62 @@ def quantizer_evidence(q: QuantizerView) -> str:
     return "; ".join(parts)
 
 
+def own_share(layer: LayerView) -> Optional[float]:
+    """The share of the error at a layer's output (fully quantized model) that its own quantization
+    explains: local MSE over accumulated MSE (fed FP32 inputs vs fed quantized ones), or the same
+    from the two SQNRs. None without both; may exceed 1 (errors that cancel downstream of others)."""
+    if layer.local_mse is not None and layer.mse is not None and layer.mse > 0 and layer.local_mse >= 0:
+        return layer.local_mse / layer.mse
+    if layer.local_sqnr_db is not None and layer.sqnr_db is not None:
+        gap = layer.sqnr_db - layer.local_sqnr_db  # dB; the noise power ratio local/accumulated is 10^(gap/10)
+        return 10 ** (min(max(gap, -300.0), 300.0) / 10)
+    return None
+
+
+def local_kind(layer: LayerView) -> Optional[str]:
+    """"own" (bad on its own), "inherited" (the error accumulates from earlier layers), "both", or
+    None without the local and accumulated error of the layer."""
+    share = own_share(layer)
+    if share is None:
+        return None
+    if share >= OWN_SHARE:
+        return "own"
+    if share < INHERITED_SHARE:
+        return "inherited"
+    return "both"
+
+
+def _share_text(share: float) -> str:
+    return "nearly all" if share >= 0.9 else f"about {pct(share)}"
+
+
+def local_evidence(layer: LayerView) -> Optional[str]:
+    """One line: whether this layer is bad on its own or where errors accumulate (local vs accumulated error)."""
+    if layer.local_sqnr_db is None and layer.local_mse is None:
+        return None
+    own = (f"{fmt(layer.local_sqnr_db)} dB" if layer.local_sqnr_db is not None else f"MSE {fmt(layer.local_mse)}")
+    acc = (f"{fmt(layer.sqnr_db)} dB" if layer.local_sqnr_db is not None and layer.sqnr_db is not None
+           else f"MSE {fmt(layer.mse)}")
+    kind, share = local_kind(layer), own_share(layer)
+    if kind is None or share is None:
+        return f"On its own (only this layer quantized, fed FP32 inputs) its output keeps {own}"
+    if kind == "own":
+        return (f"Bad on its own: with only this layer quantized and FP32 inputs its output keeps {own}, "
+                f"{_share_text(share)} of the error at its output in the fully quantized model ({acc})")
+    if kind == "inherited":
+        return (f"Errors accumulate here: on its own (FP32 inputs) this layer keeps {own}; the error at its output "
+                f"in the fully quantized model ({acc}) comes mostly from the layers before it (its own part: "
+                f"{pct(share)})")
+    return (f"Partly its own: on its own (FP32 inputs) it keeps {own} against {acc} in the fully quantized model: "
+            f"{_share_text(share)} of the error at its output is its own")
+
+
+def upstream_sources(r: Results, layer: LayerView, k: int = 3) -> List[LayerView]:
+    """The layers before this one with the lowest SQNR on their own (FP32 inputs), worst first."""
+    before = [x for x in r.layers[:layer.index] if x.local_sqnr_db is not None]
+    return sorted(before, key=lambda x: (x.local_sqnr_db, x.index))[:k]
+
+
 def layer_evidence(r: Results, layer: LayerView) -> List[str]:
     lines = []
     if layer.enabled_nonfinite:
@@ -124,6 +182,9 @@ def layer_evidence(r: Results, layer: LayerView) -> List[str]:
         if layer.sqnr_jump_db is not None:
             line += f"; {signed(layer.sqnr_jump_db)} dB vs the previous layer ({layer.previous})"
         lines.append(line)
+    local = local_evidence(layer)
+    if local:
+        lines.append(local)
     lines.extend(quantizer_evidence(q) for q in layer.quantizers)
     return lines
 
@@ -170,6 +231,15 @@ def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
         elif ratio >= OUTLIER_NOTABLE:
             out.append(f"Rare large values stretch {q.name} ({_times(ratio)} the 99th percentile): check the "
                        "activation outliers; 'tf_enhanced' or 'percentile' clip them, 16-bit activations keep them.")
+    share = own_share(layer)
+    if local_kind(layer) == "inherited" and share is not None and (layer.cost or 0.0) < 0.5 * (layer.gain or 0.0):
+        # cheap alone, costly with the rest quantized, and little of its output's error is its own:
+        # the error it passes on starts earlier
+        sources = upstream_sources(r, layer)
+        if sources:
+            out.append("Look first at the layers before it that are bad on their own (the lowest SQNR with FP32 "
+                       "inputs): " + ", ".join(f"{x.name} ({fmt(x.local_sqnr_db)} dB)" for x in sources)
+                       + f"; the error at its output comes mostly from them (its own part: {pct(share)}).")
     if not out or not any("float" in s or "16-bit" in s for s in out):
         out.append("If that is not enough: keep this layer in 16-bit or float (mixed precision, or "
                    "modules_to_ignore).")

@@ -141,37 +141,63 @@ def culprits(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     return spec(chart, culprits=rows)
 
 
-def sqnr_profile(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Output SQNR of every layer in execution order; culprits marked."""
-    base = alt.Chart(_data("sqnr")).encode(
-        x=alt.X("i:Q", title="layer (execution order)", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("sqnr:Q", title="output SQNR (dB)"),
-        tooltip=[_tip("layer", "layer"), _tip("type", "type"), _tip("sqnr", "SQNR (dB)", "Q", ".3~f"),
-                 _tip("jump", "vs previous layer (dB)", "Q", "+.3~f"), _tip("mse", "MSE", "Q", ".3~e")])
-    line = base.mark_line(color=MUTED, strokeWidth=1.5)
-    points = base.mark_circle(size=45, opacity=1).encode(
+def sqnr_profile(rows: List[Dict[str, Any]], bands: Sequence[Dict[str, Any]] = (), local: bool = False,
+                 title: str = "Where the error enters") -> Dict[str, Any]:
+    """Output SQNR of every layer in execution order; culprits marked. With ``local``, the SQNR each
+    layer keeps on its own (only it quantized, FP32 inputs) as a second line; ``bands`` shade the
+    module groups (x0, x1, label) so that the blocks of a large model can be told apart."""
+    x = alt.X("i:Q", title="layer (execution order)", axis=alt.Axis(tickMinStep=1, format="d"),
+              scale=alt.Scale(nice=False, zero=False))
+    tooltip = [_tip("layer", "layer"), _tip("type", "type"), _tip("sqnr", "SQNR (dB)", "Q", ".3~f"),
+               _tip("jump", "vs previous layer (dB)", "Q", "+.3~f"), _tip("mse", "MSE", "Q", ".3~e")]
+    if local:
+        tooltip.append(_tip("local", "own SQNR, FP32 inputs (dB)", "Q", ".3~f"))
+    base = alt.Chart(_data("sqnr")).encode(x=x, y=alt.Y("sqnr:Q", title="output SQNR (dB)"), tooltip=tooltip)
+    layers: List[Any] = []
+    if bands:
+        layers.append(alt.Chart(_data("bands")).mark_rect(color="#e9edf2").transform_filter("datum.k % 2 == 0").encode(
+            x="x0:Q", x2="x1:Q", tooltip=[_tip("label", "module")]))
+    if local:
+        series = ["accumulated (fully quantized)", "own (only this layer, FP32 inputs)"]
+        layers.append(alt.Chart(_data("sqnr")).transform_fold(["sqnr", "local"], as_=["key", "db"]).transform_filter(
+            "isValid(datum.db)").transform_calculate(
+            series=f"datum.key == 'sqnr' ? '{series[0]}' : '{series[1]}'").mark_line(strokeWidth=1.5).encode(
+            x=x, y=alt.Y("db:Q", title="output SQNR (dB)"),
+            color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[MUTED, "#e39c37"]),
+                            legend=alt.Legend(labelLimit=400)),
+            strokeDash=alt.StrokeDash("series:N", legend=None,
+                                      scale=alt.Scale(domain=series, range=[[1, 0], [4, 2]])),
+            tooltip=tooltip))
+    else:
+        layers.append(base.mark_line(color=MUTED, strokeWidth=1.5))
+    few = len(rows) <= 150  # hundreds of layers: faint points, so that the line shows
+    points = base.transform_filter("isValid(datum.sqnr)").mark_circle().encode(
         color=alt.condition("datum.culprit", alt.value(COST), alt.value(NEUTRAL)),
-        size=alt.condition("datum.culprit", alt.value(110), alt.value(40)))
+        opacity=alt.condition("datum.culprit", alt.value(1), alt.value(1 if few else 0.3)),
+        size=alt.condition("datum.culprit", alt.value(110), alt.value(40 if few else 12)))
     labels = base.transform_filter("datum.culprit").mark_text(dy=-12, fontSize=11, color=COST, fontWeight=600).encode(
         text="layer:N")
-    chart = alt.layer(line, points, labels).properties(
-        width=WIDTH + 220, height=200,
-        title=alt.Title("Where the error enters", subtitle="SQNR of each layer's output, fully quantized vs FP32; "
-                                                           "a drop marks a layer that adds error (culprits in red)"))
-    return spec(chart, sqnr=rows)
+    subtitle = ("SQNR of each layer's output, fully quantized vs FP32; a drop marks a layer that adds error "
+                "(culprits in red)")
+    if local:
+        subtitle += "; orange: what the layer keeps on its own"
+    chart = alt.layer(*layers, points, labels).properties(
+        width=WIDTH + 220, height=200, title=alt.Title(title, subtitle=subtitle))
+    return spec(chart, sqnr=rows, bands=list(bands))
 
 
 def per_layer_scores(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], *, ref_label: str,
                      sort_field: str, title: str, subtitle: str, top: Optional[int] = None) -> Dict[str, Any]:
     """One row per layer: a bar from the reference score to the layer's score, FP32 and quantized lines."""
     base = alt.Chart(_data("layers"))
-    if top is not None:
-        base = base.transform_filter(f"datum.rank <= {int(top)}")
+    if top is not None:  # the top of the ranking (and the culprits): rows with "top" true
+        base = base.transform_filter("datum.top")
     y = alt.Y("layer:N", sort=alt.EncodingSortField(field=sort_field, op="min", order="ascending"), title=None,
               axis=alt.Axis(labelLimit=300, labelFontSize=11))
     tooltip = [_tip("i", "#", "Q"), _tip("layer", "layer"), _tip("type", "type"), _tip("quantizers", "quantizers"),
                _tip("score", "score", "Q", NUM), _tip("vs_fp32", "vs FP32", "Q", "+.4~g"),
-               _tip("vs_quantized", "vs fully quantized", "Q", "+.4~g")]
+               _tip("vs_quantized", "vs fully quantized", "Q", "+.4~g"), _tip("rank", "rank", "Q"),
+               _tip("culprit", "culprit")]
     bars = base.mark_bar(height={"band": 0.7}).encode(
         y=y, x=alt.X("ref:Q", axis=_x_axis("score (eval_callback)", top or len(rows)),
                      scale=alt.Scale(zero=False, nice=True)), x2="score:Q",
@@ -190,48 +216,72 @@ def per_layer_scores(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], *, 
     return spec(chart, layers=rows, refs=refs)
 
 
-def mse_sqnr(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """MSE (log scale) and SQNR per layer output, layers in execution order, sharing one axis."""
+def mse_sqnr(rows: List[Dict[str, Any]], *, title: str = "", subtitle: str = "", shown: bool = False,
+             local: bool = False) -> Dict[str, Any]:
+    """MSE (log scale) and SQNR per layer output, layers in execution order, sharing one axis.
+
+    ``shown``: only the rows whose "top" is true (the top of a ranking); ``local``: the SQNR each
+    layer keeps on its own (only it quantized, FP32 inputs) as a tick on its SQNR bar."""
     y = alt.Y("layer:N", sort=alt.EncodingSortField(field="i", op="min", order="ascending"), title=None,
               axis=alt.Axis(labelLimit=300, labelFontSize=11))
     tooltip = [_tip("i", "#", "Q"), _tip("layer", "layer"), _tip("type", "type"), _tip("mse", "MSE", "Q", ".4~e"),
                _tip("sqnr", "SQNR (dB)", "Q", ".3~f"), _tip("jump", "SQNR vs previous layer (dB)", "Q", "+.3~f")]
+    if local:
+        tooltip += [_tip("local", "own SQNR, FP32 inputs (dB)", "Q", ".3~f"),
+                    _tip("local_mse", "own MSE, FP32 inputs", "Q", ".4~e")]
     base = alt.Chart(_data("mse"))
+    if shown:
+        base = base.transform_filter("datum.top")
+    drawn = [r for r in rows if r.get("top")] if shown else rows
     positive = [r["mse"] for r in rows if r.get("mse") is not None and r["mse"] > 0]
     floor = min(positive) / 2 if positive else 1e-12
-    shown = base.transform_filter("datum.mse > 0")
-    stem = shown.mark_rule(strokeWidth=5, color=NEUTRAL, opacity=0.55).encode(
-        y=y, x=alt.X("mse:Q", axis=_x_axis("MSE (log scale)", len(rows)), scale=alt.Scale(type="log")),
+    many = len(drawn)
+    mse_shown = base.transform_filter("datum.mse > 0")
+    stem = mse_shown.mark_rule(strokeWidth=5, color=NEUTRAL, opacity=0.55).encode(
+        y=y, x=alt.X("mse:Q", axis=_x_axis("MSE (log scale)", many), scale=alt.Scale(type="log")),
         x2=alt.datum(floor), tooltip=tooltip)
-    head = shown.mark_circle(size=60, color=NEUTRAL, opacity=1).encode(y=y, x="mse:Q", tooltip=tooltip)
+    head = mse_shown.mark_circle(size=60, color=NEUTRAL, opacity=1).encode(y=y, x="mse:Q", tooltip=tooltip)
     mse = alt.layer(stem, head).properties(width=380, height=alt.Step(17),
                                            title=alt.Title("MSE", subtitle="FP32 vs fully quantized output"))
-    sqnr = base.transform_filter("isValid(datum.sqnr)").mark_bar(height={"band": 0.7}).encode(
-        y=alt.Y("layer:N", sort=alt.EncodingSortField(field="i", op="min", order="ascending"), axis=None),
-        x=alt.X("sqnr:Q", axis=_x_axis("SQNR (dB)", len(rows))),
+    y2 = alt.Y("layer:N", sort=alt.EncodingSortField(field="i", op="min", order="ascending"), axis=None)
+    sqnr_bars = base.transform_filter("isValid(datum.sqnr)").mark_bar(height={"band": 0.7}).encode(
+        y=y2, x=alt.X("sqnr:Q", axis=_x_axis("SQNR (dB)", many)),
         color=alt.Color("jump0:Q", title="dB vs previous layer",
                         scale=_diverging(rows, "jump"), legend=alt.Legend(orient="right")),
-        tooltip=tooltip,
-    ).properties(width=320, height=alt.Step(17),
-                 title=alt.Title("SQNR", subtitle="red: this layer loses SQNR vs the previous one"))
+        tooltip=tooltip)
+    sqnr_layers = [sqnr_bars]
+    sqnr_sub = "red: this layer loses SQNR vs the previous one"
+    if local:
+        sqnr_layers.append(base.transform_filter("isValid(datum.local)").mark_tick(
+            thickness=3, size=13, color="#e39c37").encode(y=y2, x="local:Q", tooltip=tooltip))
+        sqnr_sub += "; orange tick: its SQNR on its own (FP32 inputs)"
+    sqnr = alt.layer(*sqnr_layers).properties(width=320, height=alt.Step(17),
+                                              title=alt.Title("SQNR", subtitle=sqnr_sub))
     chart = alt.hconcat(mse, sqnr, spacing=8).resolve_scale(y="shared", color="independent")
+    if title:
+        chart = chart.properties(title=alt.Title(title, subtitle=subtitle or alt.Undefined))
     return spec(chart, mse=[dict(r, jump0=r.get("jump") or 0.0) for r in rows])
 
 
-def ranges(rows: List[Dict[str, Any]], title: str, subtitle: str) -> Dict[str, Any]:
-    """Encoding [min, max] of every quantizer, one bar each, execution order; a click opens its details."""
+def ranges(rows: List[Dict[str, Any]], title: str, subtitle: str, shown: bool = False) -> Dict[str, Any]:
+    """Encoding [min, max] of every quantizer, one bar each, execution order; a click opens its details.
+    ``shown``: only the rows whose "top" is true."""
     y = alt.Y("name:N", sort=alt.EncodingSortField(field="i", op="min", order="ascending"), title=None,
               axis=alt.Axis(labelLimit=320, labelFontSize=11))
     kinds = ["per tensor", "per channel (envelope)"]
-    bars = alt.Chart(_data("ranges")).mark_bar(height={"band": 0.7}).encode(
-        y=y, x=alt.X("min:Q", axis=_x_axis("encoding range", len(rows))), x2="max:Q",
+    data = alt.Chart(_data("ranges"))
+    if shown:
+        data = data.transform_filter("datum.top")
+    bars = data.mark_bar(height={"band": 0.7}).encode(
+        y=y, x=alt.X("min:Q", axis=_x_axis("encoding range", sum(1 for r in rows if r.get("top")) if shown
+                                           else len(rows))), x2="max:Q",
         color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=kinds, range=[NEUTRAL, "#e39c37"])),
         href="href:N",
         tooltip=[_tip("name", "quantizer"), _tip("layer", "layer"), _tip("kind", "granularity"),
                  _tip("min", "min", "Q", NUM), _tip("max", "max", "Q", NUM), _tip("bitwidth", "bitwidth", "Q"),
                  _tip("scale", "step", "Q", NUM), _tip("clipped", "clipped share", "Q", ".2%"),
                  _tip("link", "click")])
-    zero = alt.Chart(_data("ranges")).mark_rule(color="#999").encode(x=alt.datum(0))
+    zero = data.mark_rule(color="#999").encode(x=alt.datum(0))
     chart = alt.layer(bars, zero).properties(width=WIDTH, height=alt.Step(17),
                                              title=alt.Title(title, subtitle=subtitle))
     return spec(chart, ranges=rows)

@@ -9,7 +9,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import jinja2
@@ -20,9 +20,10 @@ import vl_convert
 from .._version import __version__
 from ..errors import QAError
 from . import ResultsDir, _charts
-from ._advice import (alerts, fmt, headline, layer_evidence, layer_suggestions, matters, pct, quantizer_evidence,
-                      signed, try_label)
+from ._advice import (alerts, fmt, headline, layer_evidence, layer_suggestions, local_kind, matters, pct,
+                      quantizer_evidence, signed, try_label)
 from ._assets import CSS, JS
+from ._groups import GROUP_FROM, Block, group_layers
 from ._load import LIMIT, MAX_BITWIDTH, HistogramView, QuantizerView, Results, load_results, num, validate
 
 log = logging.getLogger("qa")
@@ -37,7 +38,9 @@ WEIGHT_RANGES = PurePosixPath("min_max_ranges/weights.html")
 ACTIVATION_RANGES = PurePosixPath("min_max_ranges/activations.html")
 EXPORTS = "charts"  # PNG/SVG exports: charts/<page path>_<chart>.png
 HIST_BINS, CHANNEL_BINS = 256, 96
-TOP_SORTED = 25
+TOP_SORTED = 25  # the per-layer pages' ranked chart: this many layers (and the culprits)
+TOP = 30  # charts of a large model show this many rows of a ranking; the rest is one click away
+SMALL = GROUP_FROM  # at most this many layers: every chart shows every layer, the table is not grouped
 # Paths the report writes (and only those): a stale one in the manifest is removed, nothing else ever is.
 OWN_FILES = re.compile(r"(index|per_layer_quant_enabled|per_layer_quant_disabled|per_layer_mse_loss)\.html"
                        r"|(min_max_ranges|activations_pdf)/\w+\.html|weights_pdf/\w+/\w+\.html"
@@ -112,6 +115,7 @@ class Chart:
     id: str  # of the <script type="application/json"> holding the spec
     spec: Dict[str, Any]
     caption: str = ""
+    more: str = ""  # set: the chart sits in a closed <details> with this summary, drawn when opened
 
 
 class Page:
@@ -126,12 +130,12 @@ class Page:
         rel = posixpath.relpath(str(target), str(self.rel.parent) or ".")
         return quote(rel) + (f"#{quote(anchor)}" if anchor else "")
 
-    def chart(self, key: str, spec: Dict[str, Any], caption: str = "") -> Chart:
+    def chart(self, key: str, spec: Dict[str, Any], caption: str = "", more: str = "") -> Chart:
         n = _charts.left_out(spec)
         if n:  # said, not hidden: NaN, inf or absurd values in the files
             note = f"{n} value{'s' if n > 1 else ''} NaN, infinite or beyond \u00b11e100: left out of this chart."
             caption = f"{caption} {note}" if caption else note
-        chart = Chart(key, f"qa-spec-{len(self.charts)}", spec, caption)
+        chart = Chart(key, f"qa-spec-{len(self.charts)}", spec, caption, more)
         self.charts.append(chart)
         return chart
 
@@ -142,6 +146,8 @@ class _Builder:
         self.root = self.out.root
         self.png, self.svg = png, svg
         self.r: Results = load_results(self.out, self.json_rel)
+        self.culprit_rank: Dict[str, int] = {layer.name: k for k, layer in enumerate(self.r.culprits(5), 1)}
+        self.blocks: Optional[List[Block]] = group_layers([layer.name for layer in self.r.layers])
         self.written: List[Path] = []
         self.vl_version = _charts.vegalite_version()
         self.nav: List[Tuple[PurePosixPath, str]] = [(INDEX, "Dashboard")]
@@ -349,13 +355,29 @@ class _Builder:
                          "link": ("opens the per-channel ranges" if q.ranges_page else "opens the histogram")
                          if target else "no histogram (scheme tf)"})
         what = "weight" if weights else "activation"
-        chart = None
+        charts = []
         if rows:
             sub = ("a range far wider than its neighbours' often means outliers" if not weights else
                    "orange: per-channel weights, drawn as the envelope of their channels")
-            chart = page.chart("ranges", _charts.ranges(rows, f"{what.capitalize()} encoding ranges", sub))
+            if len(rows) <= SMALL:
+                charts.append(page.chart("ranges", _charts.ranges(rows, f"{what.capitalize()} encoding ranges", sub)))
+            else:  # the widest ranges and the culprits' quantizers; every range one click away
+                culprit = [row for row in rows if row["layer"] in self.culprit_rank]
+                rest = sorted((row for row in rows if row["layer"] not in self.culprit_rank),
+                              key=lambda row: (-(row["max"] - row["min"]), row["i"]))
+                for row in culprit + rest[:max(TOP - len(culprit), 0)]:
+                    row["top"] = True
+                k = sum(1 for row in rows if row.get("top"))
+                title = f"The {k} widest of {len(rows)} {what} encoding ranges"
+                if culprit:
+                    title = f"The {k} of {len(rows)} {what} encoding ranges: the widest and the culprit layers'"
+                charts.append(page.chart("ranges", _charts.ranges(rows, title, sub + "; in execution order",
+                                                                  shown=True)))
+                charts.append(page.chart("ranges_all", _charts.ranges(
+                    rows, f"Every {what} encoding range ({len(rows)})", sub),
+                    more=f"Show all {len(rows)} {what} ranges (a tall chart)"))
         self.write_page(page, "ranges.html.j2", weights=weights, what=what, scheme=self.r.text("quant_scheme"),
-                        data=self.data_link(rel.with_suffix(".json")), chart=chart,
+                        data=self.data_link(rel.with_suffix(".json")), charts=charts,
                         per_channel=[q for q in qs if q.ranges_page])
 
     def _layer_rows(self, enabled: bool) -> List[Dict[str, Any]]:
@@ -375,6 +397,9 @@ class _Builder:
         ranked = sorted(rows, key=lambda row: (row["score"] if enabled else -row["score"], row["i"]))
         for rank, row in enumerate(ranked, 1):
             row["rank"] = rank
+            culprit = self.culprit_rank.get(row["layer"])
+            row["culprit"] = f"#{culprit}" if culprit else None
+            row["top"] = rank <= TOP_SORTED or culprit is not None
         return rows
 
     def per_layer_page(self, enabled: bool) -> None:
@@ -384,33 +409,90 @@ class _Builder:
         rows = self._layer_rows(enabled)
         refs = [{"what": "FP32", "score": r.fp32}, {"what": "fully quantized", "score": r.quantized}]
         refs = [x for x in refs if x["score"] is not None]
+        shown = sum(1 for row in rows if row["top"])
         top = min(TOP_SORTED, len(rows))
+        extra = shown - top  # culprits below the top of this sweep's ranking
         what = "only this layer quantized" if enabled else "all but this layer quantized"
+        if shown == len(rows):
+            title = f"All {len(rows)} layers, " + ("costliest first" if enabled else "biggest recovery first")
+        else:
+            title = (f"The {top} of {len(rows)} layers that " + ("cost the most" if enabled else "win back the most")
+                     + (f", and {extra} more culprit{'s' if extra > 1 else ''}" if extra > 0 else ""))
         sorted_chart = page.chart("sorted", _charts.per_layer_scores(
-            rows, refs, ref_label="FP32" if enabled else "fully quantized", sort_field="rank",
-            title=(f"All {top} layers, " + ("costliest first" if enabled else "biggest recovery first"))
-            if top == len(rows) else f"The {top} of {len(rows)} layers that "
-            + ("cost the most" if enabled else "win back the most"),
-            subtitle=f"score with {what}; sorted, {'worst' if enabled else 'biggest recovery'} first", top=top))
+            rows, refs, ref_label="FP32" if enabled else "fully quantized", sort_field="rank", title=title,
+            subtitle=f"score with {what}; sorted, {'worst' if enabled else 'biggest recovery'} first", top=shown))
+        many = len(rows) > SMALL
         order_chart = page.chart("order", _charts.per_layer_scores(
-            rows, refs, ref_label="", sort_field="i", title="Every layer in execution order",
-            subtitle=f"score with {what}; lines: FP32 and fully quantized scores"))
+            rows, refs, ref_label="", sort_field="i", title=f"Every layer in execution order ({len(rows)})",
+            subtitle=f"score with {what}; lines: FP32 and fully quantized scores"),
+            more=f"Show all {len(rows)} layers in execution order (a tall chart)" if many else "")
         broken = [(layer, layer.enabled_nonfinite if enabled else layer.disabled_nonfinite) for layer in r.layers]
         self.write_page(page, "per_layer.html.j2", enabled=enabled, data=self.data_link(rel.with_suffix(".json")),
                         charts=[sorted_chart, order_chart], broken=[(layer, why) for layer, why in broken if why])
 
     def _mse_rows(self) -> List[Dict[str, Any]]:
         return [{"i": layer.index, "layer": layer.name, "type": layer.type or layer.op_type, "mse": layer.mse,
-                 "sqnr": layer.sqnr_db, "jump": layer.sqnr_jump_db}
+                 "sqnr": layer.sqnr_db, "jump": layer.sqnr_jump_db, "local": layer.local_sqnr_db,
+                 "local_mse": layer.local_mse}
                 for layer in self.r.layers if layer.mse is not None or layer.sqnr_db is not None]
+
+    def _bands(self, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The module groups as shaded spans of a chart over execution order (x: the layer index)."""
+        if not self.blocks:
+            return []
+        drawn = {row["i"] for row in rows}
+        bands = []
+        for block in self.blocks:
+            members = [m for m in block.members if m in drawn]
+            if block.grouped and members:
+                bands.append({"x0": min(members) - 0.5, "x1": max(members) + 0.5, "label": block.label,
+                              "k": len(bands)})
+        return bands
+
+    def _entry_order(self, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The MSE rows ranked by how much error enters at the layer, worst first: the lowest SQNR on
+        its own (FP32 inputs) when summary.json has it, else the largest SQNR drop (or MSE rise) from the
+        previous layer."""
+        def key(row: Dict[str, Any]) -> Tuple[int, float, int]:
+            if row.get("local") is not None:
+                return 0, row["local"], row["i"]
+            if row.get("jump") is not None:
+                return 1, row["jump"], row["i"]
+            return 2, -(row["mse"] or 0.0), row["i"]
+        return sorted(rows, key=key)
 
     def mse_page(self) -> None:
         page = Page(MSE, "Per-layer MSE and SQNR")
         drops = sorted((layer for layer in self.r.layers if layer.sqnr_jump_db is not None and layer.sqnr_jump_db < 0),
                        key=lambda layer: layer.sqnr_jump_db)[:5]
-        chart = page.chart("mse_sqnr", _charts.mse_sqnr(self._mse_rows()))
+        rows = self._mse_rows()
+        local = any(row["local"] is not None or row["local_mse"] is not None for row in rows)
+        charts = []
+        if len(rows) <= SMALL:
+            charts.append(page.chart("mse_sqnr", _charts.mse_sqnr(rows, local=local)))
+        else:
+            if any(row["sqnr"] is not None for row in rows):
+                profile = [dict(row, culprit=row["layer"] in self.culprit_rank) for row in rows
+                           if row["sqnr"] is not None]
+                charts.append(page.chart("sqnr", _charts.sqnr_profile(
+                    profile, self._bands(profile), local=local, title=f"SQNR along the network ({len(rows)} layers)")))
+            culprit = [row for row in rows if row["layer"] in self.culprit_rank]
+            ranked = [row for row in self._entry_order(rows) if row["layer"] not in self.culprit_rank]
+            for row in culprit + ranked[:max(TOP - len(culprit), 0)]:
+                row["top"] = True
+            k = sum(1 for row in rows if row.get("top"))
+            how = ("the lowest SQNR on their own (FP32 inputs)" if local else
+                   "the largest SQNR drops from the previous layer" if any(row["jump"] is not None for row in rows)
+                   else "the largest MSE")
+            charts.append(page.chart("mse_sqnr", _charts.mse_sqnr(
+                rows, shown=True, local=local, title=f"The {k} of {len(rows)} layers where the most error enters",
+                subtitle=f"{how}{' and the culprit layers' if culprit else ''}, in execution order")))
+            charts.append(page.chart("mse_sqnr_all", _charts.mse_sqnr(
+                rows, local=local, title=f"Every layer ({len(rows)})"),
+                more=f"Show all {len(rows)} layers (a tall chart)"))
         self.write_page(page, "mse.html.j2", data=self.data_link(MSE.with_suffix(".json")), drops=drops,
-                        has_sqnr=bool(self.r.sqnr), chart=chart)
+                        has_sqnr=bool(self.r.sqnr), charts=charts, local=local,
+                        local_data=self.data_link(PurePosixPath("per_layer_local_mse_loss.json")) if local else None)
 
     # -- the dashboard --
 
@@ -462,6 +544,7 @@ class _Builder:
         for rank, layer in enumerate(culprits, 1):
             material = matters(r, layer.impact)
             cards.append({"rank": rank, "layer": layer, "evidence": layer_evidence(r, layer),
+                          "local": local_kind(layer),
                           "tips": layer_suggestions(r, layer) if material else [],
                           "label": try_label(r, layer.impact),
                           "note": "" if material else f"Its effect ({fmt(layer.impact)}) is under 1% of the FP32 "
@@ -471,7 +554,9 @@ class _Builder:
         if any(layer.sqnr_db is not None for layer in r.layers):
             sqnr_rows = [dict(row, culprit=row["layer"] in names)
                          for row in self._mse_rows() if row["sqnr"] is not None]
-            sqnr_chart = page.chart("sqnr", _charts.sqnr_profile(sqnr_rows))
+            local = any(row["local"] is not None for row in sqnr_rows)
+            sqnr_chart = page.chart("sqnr", _charts.sqnr_profile(sqnr_rows, self._bands(sqnr_rows), local=local),
+                                    "Shaded: the module groups of the table below." if self.blocks else "")
 
         folded = [f for f in s.get("folded_batch_norms") or [] if isinstance(f, (list, tuple)) and len(f) == 2]
         unfolded = [f for f in s.get("unfolded_batch_norms") or [] if isinstance(f, (list, tuple)) and len(f) == 3]
@@ -483,7 +568,7 @@ class _Builder:
             unquantized_ops=s.get("unquantized_ops") or [], sensitivity=sensitivity,
             culprits_chart=culprits_chart, cards=cards, sqnr_chart=sqnr_chart, histograms=self._histogram_counts(),
             scheme=r.text("quant_scheme"), summary_link=self.data_link(PurePosixPath("summary.json")), folded=folded, unfolded=unfolded,
-            unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table(names))
+            unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table())
 
     def _histogram_counts(self) -> Dict[str, int]:
         """How many histogram and channel-range pages there are, for the dashboard's list of pages."""
@@ -492,14 +577,86 @@ class _Builder:
                 "weights": sum(1 for q in qs if q.histogram_page and q.is_param),
                 "channels": sum(1 for q in qs if q.ranges_page)}
 
-    def _layer_table(self, culprits: Set[str]) -> List[Dict[str, Any]]:
-        """One row per layer: the layer, its largest clipped share, whether it is a culprit."""
+    def _layer_table(self) -> Dict[str, Any]:
+        """The dashboard's table of every layer: one row per layer (the layer, its largest clipped
+        share, its culprit rank), in blocks: the module groups of a large model, each with a summary
+        row, or (a small model) one block of every row."""
+        r = self.r
         rows = []
-        for layer in self.r.layers:
+        for layer in r.layers:
             clips = [q.stats.get("clipped_fraction") for q in layer.quantizers]
+            rank = self.culprit_rank.get(layer.name)
             rows.append({"layer": layer, "clip": max((c for c in clips if c is not None), default=None),
-                         "culprit": layer.name in culprits})
-        return rows
+                         "culprit": rank is not None, "rank": rank, "rest": layer.name, "local": local_kind(layer),
+                         "quantizers": [(q, q.name) for q in layer.quantizers]})
+        table: Dict[str, Any] = {"count": len(rows), "local": r.has_local, "grouped": False, "groups": 0,
+                                 "example": "", "blocks": [{"group": None, "rows": rows}]}
+        if not self.blocks:
+            return table
+        blocks = []
+        for block in self.blocks:
+            members = [rows[i] for i in block.members]
+            if not block.grouped:
+                blocks.append({"group": None, "rows": members})
+                continue
+            for row in members:  # inside a group: names without the group's prefix, quantizers without the layer's
+                name = row["layer"].name
+                row["rest"] = block.rest(name)
+                row["quantizers"] = [(q, q.name[len(name) + 1:] if q.name.startswith(name + "_") and
+                                      len(q.name) > len(name) + 1 else q.name) for q in row["layer"].quantizers]
+            blocks.append({"group": self._group_summary(block, members), "rows": members})
+        groups = [b["group"] for b in blocks if b["group"]]
+        biggest = max(groups, key=lambda g: g["count"])
+        table.update(grouped=True, groups=len(groups), example=biggest["label"], blocks=blocks)
+        return table
+
+    def _group_summary(self, block: Block, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """A group's summary row: how many layers, the worst value of each column, its culprits."""
+        r = self.r
+        layers = [row["layer"] for row in rows]
+
+        def worst(values: List[Optional[float]], pick: Any) -> Optional[float]:
+            present = [v for v in values if v is not None]
+            return pick(present) if present else None
+
+        enabled = worst([x.enabled for x in layers], min)
+        disabled = worst([x.disabled for x in layers], max)
+        nan_alone = next((x.enabled_nonfinite for x in layers if x.enabled_nonfinite), None)
+        nan_float = next((x.disabled_nonfinite for x in layers if x.disabled_nonfinite), None)
+
+        def with_delta(score: Optional[float], ref: Optional[float]) -> str:
+            if score is None:
+                return ""
+            return fmt(score) + ("" if ref is None else f" ({signed(score - ref)})")
+
+        top = max(layers, key=lambda x: (x.impact, -x.index))
+        worst_text = ""
+        if top.impact > 0:
+            if top.cost is not None and top.cost >= (top.gain or 0.0):
+                worst_text = "score NaN alone" if top.cost == float("inf") else f"{signed(-top.cost)} alone"
+            else:
+                worst_text = "back to a number in float" if top.gain == float("inf") else f"{signed(top.gain)} in float"
+        types: Dict[str, int] = {}
+        for x in layers:
+            kind = x.type or x.op_type
+            if kind:
+                types[kind] = types.get(kind, 0) + 1
+        common = sorted(types.items(), key=lambda kv: (-kv[1], kv[0]))
+        type_text = ", ".join(f"{k} \u00d7{n}" if n > 1 else k for k, n in common[:3])
+        if len(common) > 3:
+            type_text += ", \u2026"
+        culprits = sorted((row["rank"], row["layer"]) for row in rows if row["culprit"])
+        return {"label": block.label, "count": len(layers), "first": min(x.index for x in layers),
+                "last": max(x.index for x in layers), "quantizers": sum(len(x.quantizers) for x in layers),
+                "types": type_text, "enabled": enabled, "disabled": disabled,
+                "enabled_text": fmt(float(nan_alone)) if nan_alone else with_delta(enabled, r.fp32),
+                "disabled_text": fmt(float(nan_float)) if nan_float else with_delta(disabled, r.quantized),
+                "mse": worst([x.mse for x in layers], max), "sqnr": worst([x.sqnr_db for x in layers], min),
+                "jump": worst([x.sqnr_jump_db for x in layers], min),
+                "local": worst([x.local_sqnr_db for x in layers], min),
+                "clip": worst([row["clip"] for row in rows], max),
+                "worst": top if top.impact > 0 else None, "worst_text": worst_text, "worst_rest": block.rest(top.name),
+                "culprits": culprits, "open": bool(culprits)}
 
 
 def build(results_dir: Any, *, png: bool = False, svg: bool = False) -> List[Path]:

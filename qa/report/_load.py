@@ -352,6 +352,8 @@ class LayerView:
     sqnr_db: Optional[float] = None
     sqnr_jump_db: Optional[float] = None  # SQNR change from the previous layer (negative: lost here)
     previous: Optional[str] = None  # the layer the jump is measured from
+    local_mse: Optional[float] = None  # output MSE with only this layer quantized, fed FP32 inputs
+    local_sqnr_db: Optional[float] = None  # the same as an SQNR: the error this layer adds on its own
     cost: Optional[float] = None  # FP32 score - enabled score (qa.ranking.impacts); inf: a NaN score
     gain: Optional[float] = None  # disabled score - fully quantized score
 
@@ -385,6 +387,7 @@ class Results:
     nonfinite: Dict[str, str] = field(default_factory=dict)  # fp32/weights/activations/quantized -> "nan"...
     notes: List[str] = field(default_factory=list)  # values left out (out of range for display)
     files: Optional[Set[str]] = None  # summary.json's list of this run's files; None: read what is there
+    _by_name: Dict[str, LayerView] = field(default_factory=dict, repr=False)
 
     @property
     def root(self) -> Any:
@@ -418,7 +421,16 @@ class Results:
         return default if v is None else str(v)
 
     def layer(self, name: str) -> Optional[LayerView]:
-        return next((layer for layer in self.layers if layer.name == name), None)
+        if len(self._by_name) != len(self.layers):
+            self._by_name = {}
+            for layer in self.layers:
+                self._by_name.setdefault(layer.name, layer)
+        return self._by_name.get(name)
+
+    @property
+    def has_local(self) -> bool:
+        """Whether summary.json has the local (own, FP32-input) error of any layer."""
+        return any(layer.local_sqnr_db is not None or layer.local_mse is not None for layer in self.layers)
 
     def culprits(self, k: int = 5) -> List[LayerView]:
         """The layers qa.ranking calls culprits, biggest first: the ranking and filters of
@@ -534,6 +546,9 @@ def load_results(out: ResultsDir, json_path: Callable[..., PurePosixPath]) -> Re
     disabled = reader.scores(raw_disabled, "per_layer_quant_disabled")
     mse = reader.scores(part("per_layer_mse", "per_layer_mse_loss.json", "scores"), "per_layer_mse")
     sqnr = reader.scores(summary.get("per_layer_sqnr_db"), "per_layer_sqnr_db")
+    local_mse = reader.scores(part("per_layer_local_mse", "per_layer_local_mse_loss.json", "scores"),
+                              "per_layer_local_mse")
+    local_sqnr = reader.scores(summary.get("per_layer_local_sqnr_db"), "per_layer_local_sqnr_db")
     weight_ranges = part("weight_ranges", "min_max_ranges/weights.json", "ranges")
     activation_ranges = part("activation_ranges", "min_max_ranges/activations.json", "ranges")
     encodings = summary.get("encodings") if isinstance(summary.get("encodings"), dict) else {}
@@ -623,6 +638,7 @@ def load_results(out: ResultsDir, json_path: Callable[..., PurePosixPath]) -> Re
         layer.enabled_nonfinite = enabled_reasons.get(layer.name)
         layer.disabled_nonfinite = disabled_reasons.get(layer.name)
         layer.mse, layer.sqnr_db = mse.get(layer.name), sqnr.get(layer.name)
+        layer.local_mse, layer.local_sqnr_db = local_mse.get(layer.name), local_sqnr.get(layer.name)
         layer.cost, layer.gain = impact.cost, impact.gain
         if layer.sqnr_db is not None:
             if previous is not None and previous.sqnr_db is not None:
