@@ -7,7 +7,8 @@ A ResNet-style CNN (built here, random weights, 32x32 inputs) is analysed. Print
   with torch hooks and torch.fake_quantize_per_tensor_affine (what a hand-rolled or
   torch-based simulator does), both against the FP32 pass;
 - per-layer MSE the AIMET way (FP32 and quantized model re-run once per layer per batch)
-  vs qa's one FP32 + one quantized pass per batch for all layers at once;
+  vs qa's one FP32 + one quantized pass per batch for all layers at once, with the FP32
+  outputs it held at once (peak memory of the step); then with the local error as well;
 - the whole ``analyze`` (calibration, sensitivity, both per-layer sweeps, ranges, histograms,
   MSE) wall time. AIMET is timed too when aimet_torch is installed (it is not a dependency).
 """
@@ -76,8 +77,11 @@ def aimet_style_mse(sim, x: torch.Tensor) -> dict:
     """AIMET's per-layer MSE: for every layer, run the FP32 and the quantized model again."""
     model, adapter = sim.model, sim.adapter
     out = {}
+    modules = dict(model.named_modules())
     for layer in sim.graph.layers:
-        module = dict(model.named_modules())[layer.name]
+        module = modules.get(layer.name)
+        if module is None:  # an op layer (the residual add): no module to hook
+            continue
         grabbed = []
         h = module.register_forward_hook(lambda m, a, o: grabbed.append(o.detach().clone()))
         sim.set_active(())
@@ -130,11 +134,20 @@ def main() -> None:
 
     batches = [torch.randn(args.batch, 3, 32, 32) for _ in range(args.batches)]
     t_aimet_mse = timed(lambda: [aimet_style_mse(sim, b) for b in batches], 1)
-    analyzer.enable_per_layer_mse_loss(batches, len(batches))
+    analyzer.enable_per_layer_mse_loss(batches, len(batches), local_mse=False)  # what AIMET computes
     with tempfile.TemporaryDirectory() as d:
         t_mse = timed(lambda: analyzer.export_per_layer_mse_loss(sim, d), 1)
     print(f"{'per-layer MSE, ' + str(len(sim.graph.layers)) + ' layers':<30} AIMET-style re-run per layer     "
           f"{t_aimet_mse * 1e3:8.1f} ms   qa {t_mse * 1e3:8.1f} ms   ratio {t_aimet_mse / t_mse:5.1f}x")
+    print(f"{'':<30} FP32 outputs held at once: {analyzer.mse_peak_bytes / 2**20:.1f} MiB "
+          f"({analyzer.mse_passes['fp32'] + analyzer.mse_passes['quantized']} passes)")
+    analyzer.enable_per_layer_mse_loss(batches, len(batches))  # with the local error, as analyze runs it
+    with tempfile.TemporaryDirectory() as d:
+        t_local = timed(lambda: analyzer.export_per_layer_mse_loss(sim, d), 1)
+    passes = analyzer.mse_passes
+    print(f"{'per-layer MSE + local error':<30} {t_local * 1e3:8.1f} ms, passes: {passes['fp32']} FP32, "
+          f"{passes['quantized']} quantized, {passes['local']} local; held at most "
+          f"{analyzer.mse_peak_bytes / 2**20:.1f} MiB")
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()

@@ -28,7 +28,8 @@ SCORE_KEYS = ("fp32_score", "weight_quantized_score", "activation_quantized_scor
 SWEEP_FILES = {"per_layer_quant_enabled": "per_layer_quant_enabled.json",
                "per_layer_quant_disabled": "per_layer_quant_disabled.json"}
 # Names qa writes in every run, removed even when a killed run could not list them yet.
-FIXED_FILES = ("summary.json", *SWEEP_FILES.values(), "per_layer_mse_loss.json", "min_max_ranges/weights.json",
+FIXED_FILES = ("summary.json", *SWEEP_FILES.values(), "per_layer_mse_loss.json", "per_layer_local_mse_loss.json",
+               "min_max_ranges/weights.json",
                "min_max_ranges/activations.json")
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ._progress import Progress
 from .errors import QACallbackError, QAError, QAValueError
@@ -25,10 +28,17 @@ __all__ = ["QuantAnalyzer", "AnalysisResult"]
 
 log = logging.getLogger("qa")
 
+#: The default of ``enable_per_layer_mse_loss(mse_memory_budget=...)``: at most this many bytes
+#: of FP32 layer outputs are held at once while the per-layer MSE is computed.
+MSE_MEMORY_BUDGET = 256 << 20
+
 
 def _make_adapter(model: Any, dummy_input: Any, modules_to_ignore: Any) -> Any:
     """The registered adapter that takes this model, wrapped around a private copy of it."""
     return adapter_class(model)(model, dummy_input, modules_to_ignore=modules_to_ignore)
+
+
+DEFAULT_MEMO_BUDGET = 1 << 30  # bytes of remembered tensors in memoized sweeps
 
 
 @dataclass
@@ -36,8 +46,11 @@ class AnalysisResult:
     """Everything one ``analyze`` run found, as written to ``results_dir``.
 
     Scores are what ``eval_callback`` returned. Per-layer dictionaries are keyed by layer name
-    in execution order; ``per_layer_mse`` and ``per_layer_sqnr_db`` are empty unless
-    ``enable_per_layer_mse_loss`` was called.
+    in execution order; ``per_layer_mse`` and ``per_layer_sqnr_db`` (the cumulative error: FP32
+    model against the fully quantized one) and ``per_layer_local_mse`` and
+    ``per_layer_local_sqnr_db`` (the local error: only the layer's own quantizers on, everything
+    upstream in FP32; same keys and order) are empty unless ``enable_per_layer_mse_loss`` was
+    called (the local ones also when it was called with ``local_mse=False``).
     """
 
     results_dir: Path
@@ -54,6 +67,8 @@ class AnalysisResult:
     activation_ranges: Dict[str, Any] = field(default_factory=dict)
     per_layer_mse: Dict[str, float] = field(default_factory=dict)
     per_layer_sqnr_db: Dict[str, float] = field(default_factory=dict)
+    per_layer_local_mse: Dict[str, float] = field(default_factory=dict)
+    per_layer_local_sqnr_db: Dict[str, float] = field(default_factory=dict)
     layers: List[Dict[str, Any]] = field(default_factory=list)
     unquantized_ops: List[str] = field(default_factory=list)
     folded_batch_norms: List[Tuple[str, str]] = field(default_factory=list)
@@ -128,6 +143,90 @@ def _score_problems(result: AnalysisResult) -> List[str]:
     return out
 
 
+def _bytes(n: float) -> str:
+    """A byte count for people: 512 B, 34.0 KiB, 256.0 MiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class _References:
+    """One batch's FP32 layer outputs, held for comparison, at most ``budget`` bytes of them.
+
+    ``store`` is the capture sink of an FP32 pass. It holds the outputs of the layers in
+    ``layers`` not yet compared in this batch while they fit; the first layer a pass holds is kept
+    even when it alone exceeds the budget (it is named in ``oversized``), and a layer whose outputs
+    stop fitting midway is dropped whole. The layers it could not hold are in ``left`` for a later
+    pass. ``held`` (layer -> bytes, in the order met) is the group the passes that follow compare.
+    """
+
+    def __init__(self, layers: Set[str], budget: int) -> None:
+        self.layers = layers
+        self.budget = budget
+        self.arrays: Dict[Tuple[str, int, int], Any] = {}  # (layer, output, call) -> FP32 output
+        self.held: Dict[str, int] = {}
+        self.left: Set[str] = set()
+        self.done: Set[str] = set()  # layers compared in this batch already
+        self.oversized: Dict[str, None] = {}  # layers held alone over the budget, in the order met
+        self.bytes = 0
+        self.peak = 0  # the most bytes held at once, over every batch
+        self._calls: Dict[Tuple[str, int], int] = {}
+
+    def new_batch(self) -> None:
+        self.next_group()
+        self.done.clear()
+
+    def next_group(self) -> None:
+        """Forget the group compared (done for this batch) and get ready for the next FP32 pass."""
+        self.done.update(self.held)
+        self.arrays.clear()
+        self.held.clear()
+        self.left.clear()
+        self._calls.clear()
+        self.bytes = 0
+
+    def store(self, layer: str, i: int, array: Any) -> None:
+        """The sink of an FP32 pass: hold ``array`` (output ``i`` of ``layer``) when it fits."""
+        if layer not in self.layers or layer in self.done:
+            return
+        k = self._calls[(layer, i)] = self._calls.get((layer, i), -1) + 1
+        if layer in self.left:
+            return
+        size = int(array.nbytes)
+        if self.bytes + size > self.budget and self.held.keys() - {layer}:
+            self._drop(layer)
+            return
+        # a copy: the model may reuse the memory (a CUDA tensor is cloned on its device)
+        self.arrays[(layer, i, k)] = array.clone() if hasattr(array, "clone") else array.copy()
+        self.held[layer] = self.held.get(layer, 0) + size
+        self.bytes += size
+        self.peak = max(self.peak, self.bytes)
+        if self.held[layer] > self.budget:
+            self.oversized[layer] = None
+
+    def _drop(self, layer: str) -> None:
+        """Leave ``layer`` for a later pass, letting go of what is held of it."""
+        self.left.add(layer)
+        self.bytes -= self.held.pop(layer, 0)
+        for key in [key for key in self.arrays if key[0] == layer]:
+            del self.arrays[key]
+
+    def comparer(self, stats: Dict[str, ErrorStats], only: Optional[str] = None) -> Callable[[str, int, Any], None]:
+        """The sink of a pass that compares the held layers (or only ``only``) into ``stats``."""
+        calls: Dict[Tuple[str, int], int] = {}
+
+        def compare(layer: str, i: int, array: Any) -> None:
+            if layer not in self.held or (only is not None and layer != only):
+                return
+            k = calls[(layer, i)] = calls.get((layer, i), -1) + 1
+            ref = self.arrays.get((layer, i, k))
+            if ref is not None and ref.shape == array.shape:
+                stats.setdefault(layer, ErrorStats(name=layer)).update(ref, array)
+        return compare
+
+
 class QuantAnalyzer:
     """Finds where a model loses accuracy when quantized (a drop-in for AIMET's QuantAnalyzer).
 
@@ -171,9 +270,19 @@ class QuantAnalyzer:
         self.adapter = _make_adapter(model, dummy_input, modules_to_ignore)
         self.forward_fn = forward_fn
         self.progress = progress
+        self.memoize = True  # per-layer sweeps replay what cannot have changed (analyze(memoize=...))
+        self.memo_memory_budget = DEFAULT_MEMO_BUDGET
         self._mse_data: Optional[Iterable[Any]] = None
         self._mse_batches = 0
+        self._mse_budget = MSE_MEMORY_BUDGET
+        self._mse_local = True
         self._sqnr: Dict[str, float] = {}
+        self._local_mse: Dict[str, float] = {}
+        self._local_sqnr: Dict[str, float] = {}
+        #: after export_per_layer_mse_loss: the most bytes of FP32 layer outputs held at once
+        self.mse_peak_bytes = 0
+        #: after export_per_layer_mse_loss: its forward passes, by kind (fp32, quantized, local)
+        self.mse_passes: Dict[str, int] = {}
         if self.adapter.graph.unquantized_ops:
             warnings.warn(
                 "these operations run outside quantizable layers and stay in float: "
@@ -182,18 +291,36 @@ class QuantAnalyzer:
 
     # -- setup --
 
-    def enable_per_layer_mse_loss(self, unlabeled_dataset_iterable: Iterable[Any], num_batches: int) -> None:
+    def enable_per_layer_mse_loss(self, unlabeled_dataset_iterable: Iterable[Any], num_batches: int, *,
+                                  mse_memory_budget: int = MSE_MEMORY_BUDGET, local_mse: bool = True) -> None:
         """Also compute each layer's MSE/SQNR between FP32 and quantized outputs.
 
         Any iterable works (no ``len()`` needed); a batch is a tensor, ``(inputs, label)``, or a
         dict of keyword inputs; pass ``forward_fn(model, batch)`` to the constructor otherwise.
+
+        Args:
+            unlabeled_dataset_iterable: the batches.
+            num_batches: how many batches to use.
+            mse_memory_budget: at most this many bytes (default 256 MiB) of one batch's FP32
+                layer outputs are held at once. When they all fit, a batch costs one FP32 and
+                one quantized pass; otherwise the layers are taken in groups that fit, two passes
+                per group (same results, bit for bit). A layer whose outputs alone exceed the
+                budget is held alone (logged).
+            local_mse: also compute each layer's local error (``per_layer_local_mse``): its
+                output with only its own quantizers on, everything upstream in FP32, against
+                FP32. It costs one more pass per layer per batch.
         """
         if num_batches is None or int(num_batches) < 1:
             raise QAValueError(f"num_batches must be a positive integer, got {num_batches!r}")
         if not hasattr(unlabeled_dataset_iterable, "__iter__"):
             raise QAValueError(f"unlabeled_dataset_iterable must be iterable, got {type(unlabeled_dataset_iterable).__name__}")
+        if (isinstance(mse_memory_budget, bool) or not isinstance(mse_memory_budget, numbers.Real)
+                or not 1 <= mse_memory_budget < math.inf):
+            raise QAValueError(f"mse_memory_budget must be a positive number of bytes, got {mse_memory_budget!r:.80}")
         self._mse_data = unlabeled_dataset_iterable
         self._mse_batches = int(num_batches)
+        self._mse_budget = int(mse_memory_budget)
+        self._mse_local = bool(local_mse)
 
     def create_quantsim(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                         default_param_bw: int = 8, default_output_bw: int = 8, config_file: Any = None,
@@ -231,12 +358,15 @@ class QuantAnalyzer:
         layers = [layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)]
         done = done or {}
         scores: Dict[str, float] = {}
-        with Progress(len(layers), f"per-layer {what}", self.progress) as bar:
+        memo = self.adapter.memoized(self.memo_memory_budget) if self.memoize else contextlib.nullcontext()
+        with Progress(len(layers), f"per-layer {what}", self.progress) as bar, memo as focus:
             for name in layers:
                 if name in done:
                     scores[name] = done[name]
                 else:
                     own = sim.layer_quantizers(name)
+                    if focus is not None:
+                        focus(own)  # what differs from the sweep's reference (nothing on / everything on)
                     sim.set_active(own if enable else everything - own)
                     scores[name] = sim.evaluate(
                         self.eval_callback, f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
@@ -293,58 +423,81 @@ class QuantAnalyzer:
         return records
 
     def export_per_layer_mse_loss(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:
-        """MSE between each layer's FP32 and quantized output, from one FP32 and one quantized
-        forward pass per batch for all layers at once."""
+        """MSE between each layer's FP32 and quantized output (the error accumulated up to the
+        layer), and unless ``local_mse=False`` its local error (only its own quantizers on), written
+        to ``per_layer_mse_loss.json`` and ``per_layer_local_mse_loss.json``.
+
+        Per batch, the FP32 outputs of as many layers as ``mse_memory_budget`` allows are held
+        (all of them, usually): one FP32 pass holds them, one fully quantized pass compares them
+        and, for the local error, one pass per layer with only that layer's quantizers on."""
         if self._mse_data is None:
             raise QAError("call enable_per_layer_mse_loss(data, num_batches) first")
         results = _results_dir(results_dir)
-        stats: Dict[str, ErrorStats] = {}
-        reference: Dict[Tuple[str, int, int], Any] = {}
-        seen: Dict[Tuple[str, int], int] = {}
-
         # The layers the sweeps cover: those with a quantizer on (a layer that only moves values
         # would repeat its input's error).
-        quantized = {layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)}
-
-        def store(layer: str, i: int, array: Any) -> None:
-            if layer not in quantized:
-                return
-            k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
-            reference[(layer, i, k)] = array.copy()  # the model may overwrite it in place later
-
-        def compare(layer: str, i: int, array: Any) -> None:
-            if layer not in quantized:
-                return
-            k = seen[(layer, i)] = seen.get((layer, i), -1) + 1
-            ref = reference.get((layer, i, k))
-            if ref is not None and ref.shape == array.shape:
-                stats.setdefault(layer, ErrorStats(name=layer)).update(ref, array)
-
-        def forward(batch: Any) -> None:
-            self._mse_forward(sim, batch)
-
-        everything = sim.enabled
+        refs = _References({layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)},
+                           self._mse_budget)
+        cumulative: Dict[str, ErrorStats] = {}
+        local: Optional[Dict[str, ErrorStats]] = {} if self._mse_local else None
+        passes = {"fp32": 0, "quantized": 0, "local": 0}
         batches = 0
         with Progress(self._mse_batches, "per-layer MSE", self.progress) as bar:
             for batch in itertools.islice(iter(self._mse_data), self._mse_batches):
-                sim.set_active(())
-                reference.clear()
-                seen.clear()
-                with sim.adapter.capturing(store):
-                    forward(batch)
-                sim.set_active(everything)
-                seen.clear()
-                with sim.adapter.capturing(compare):
-                    forward(batch)
+                self._mse_batch(sim, batch, refs, cumulative, local, passes)
                 batches += 1
                 bar.update()
         if batches == 0:
             raise QAValueError("the unlabeled dataset for per-layer MSE yielded no batches")
-        order = [layer.name for layer in sim.graph.layers if layer.name in stats]
-        mse = {name: stats[name].mse for name in order}
-        self._sqnr = {name: stats[name].sqnr_db for name in order}
+        sim.set_active(sim.enabled)
+        self.mse_peak_bytes, self.mse_passes = refs.peak, passes
+        self._log_mse_cost(refs, batches, passes)
+        order = [layer.name for layer in sim.graph.layers if layer.name in cumulative]
+        mse = {name: cumulative[name].mse for name in order}
+        self._sqnr = {name: cumulative[name].sqnr_db for name in order}
         results.write_json(mse, "per_layer_mse_loss.json")
+        self._local_mse, self._local_sqnr = {}, {}
+        if local is not None:
+            self._local_mse = {name: local[name].mse if name in local else math.nan for name in order}
+            self._local_sqnr = {name: local[name].sqnr_db if name in local else math.nan for name in order}
+            results.write_json(self._local_mse, "per_layer_local_mse_loss.json")
         return mse
+
+    def _mse_batch(self, sim: QuantSim, batch: Any, refs: _References, cumulative: Dict[str, ErrorStats],
+                   local: Optional[Dict[str, ErrorStats]], passes: Dict[str, int]) -> None:
+        """One batch of the MSE data, group by group of layers whose FP32 outputs fit ``refs``:
+        an FP32 pass holding the group, a fully quantized pass comparing it into ``cumulative``,
+        then (``local``) one pass per layer of the group with only that layer's quantizers on."""
+        everything = sim.enabled
+        refs.new_batch()
+        while True:
+            sim.set_active(())
+            with sim.adapter.capturing(refs.store):
+                self._mse_forward(sim, batch)
+            passes["fp32"] += 1
+            sim.set_active(everything)
+            with sim.adapter.capturing(refs.comparer(cumulative)):
+                self._mse_forward(sim, batch)
+            passes["quantized"] += 1
+            for layer in list(refs.held) if local is not None else ():
+                sim.set_active(sim.layer_quantizers(layer))
+                with sim.adapter.capturing(refs.comparer(local, only=layer)):
+                    self._mse_forward(sim, batch)
+                passes["local"] += 1
+            more = bool(refs.left)
+            refs.next_group()
+            if not more:
+                return
+
+    def _log_mse_cost(self, refs: _References, batches: int, passes: Dict[str, int]) -> None:
+        """What the per-layer MSE cost, in forward passes and held bytes."""
+        log.info("per-layer MSE: %d batch(es), %d FP32 + %d quantized forward pass(es) for the cumulative error "
+                 "(%d group(s) of layers per batch on average), %d pass(es) for the local error; FP32 outputs "
+                 "held: at most %s (mse_memory_budget %s)", batches, passes["fp32"], passes["quantized"],
+                 round(passes["fp32"] / batches), passes["local"], _bytes(refs.peak), _bytes(refs.budget))
+        if refs.oversized:
+            log.warning("per-layer MSE: the FP32 outputs of %d layer(s) exceed mse_memory_budget (%s) on their own "
+                        "and were held alone: %s", len(refs.oversized), _bytes(refs.budget),
+                        ", ".join(list(refs.oversized)[:10]))
 
     def _mse_forward(self, sim: QuantSim, batch: Any) -> None:
         """One batch of the MSE data through the simulation, as set."""
@@ -380,7 +533,8 @@ class QuantAnalyzer:
                 default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
                 percentile: float = 99.99, rounding: str = "half_even",
-                rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float") -> AnalysisResult:
+                rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float",
+                memoize: bool = True, memo_memory_budget: int = DEFAULT_MEMO_BUDGET) -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -403,6 +557,12 @@ class QuantAnalyzer:
                 "float" (default) keeps its quantizer in float, as deployment toolchains keep
                 the mask path; "quantize" quantizes it like any other (AIMET; the collapse shows).
                 ``result.sentinel_quantizers`` lists them either way.
+            memoize: in the per-layer sweeps, remember per eval batch the tensors in front of
+                the first call a layer's quantizers change and recompute only from there
+                (bit-identical results; adapters that cannot, and batches never seen before,
+                run in full). ``False`` evaluates everything in full.
+            memo_memory_budget: bytes the remembered tensors may take (default 1 GiB); a batch
+                that would exceed it is evaluated in full.
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -415,6 +575,9 @@ class QuantAnalyzer:
                 raise QAValueError(f"rounding_mode {rounding_mode!r} is not supported; use 'nearest' "
                                    f"(or rounding='half_even' / 'half_away')")
             rounding = "half_even"
+        if int(memo_memory_budget) < 0:
+            raise QAValueError(f"memo_memory_budget must be a number of bytes >= 0, got {memo_memory_budget!r}")
+        self.memoize, self.memo_memory_budget = bool(memoize), int(memo_memory_budget)
         results = ResultsDir(results_dir)  # an unwritable folder fails here, before any work
         scheme = QuantScheme.parse(quant_scheme)
         result = AnalysisResult(results.root, scheme.value, int(default_param_bw), int(output_bw))
@@ -466,6 +629,8 @@ class QuantAnalyzer:
                 self._write_summary(results, result)
                 result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
                 result.per_layer_sqnr_db = dict(self._sqnr)
+                result.per_layer_local_mse = dict(self._local_mse)
+                result.per_layer_local_sqnr_db = dict(self._local_sqnr)
             result.problems += _score_problems(result)
             result.status = "complete"
         except BaseException as e:  # also KeyboardInterrupt: what finished is kept and said so

@@ -6,7 +6,8 @@ from qa.report import sanitize
 def expected_files(result):
     root = result.results_dir
     files = {"per_layer_quant_enabled.json", "per_layer_quant_disabled.json", "min_max_ranges/weights.json",
-             "min_max_ranges/activations.json", "per_layer_mse_loss.json", "summary.json"}
+             "min_max_ranges/activations.json", "per_layer_mse_loss.json", "per_layer_local_mse_loss.json",
+             "summary.json"}
     seen = set()  # a shared parameter (tied weights, a module called twice) has one file, in its first layer's folder
     for layer in result.layers:
         for q in layer["quantizers"]:
