@@ -180,7 +180,7 @@ class Memo:
         self._pass: Optional[_Batch] = None
         self._new: Dict[TensorId, torch.Tensor] = {}
         self._live_next: Set[TensorId] = set()
-        self._placeholders: Set[int] = set()
+        self._placeholders: Dict[int, torch.Tensor] = {}
         self.replaying = False
         self.position = 0
 
@@ -201,7 +201,7 @@ class Memo:
         self.position = 0
         self._new = {}
         self._live_next = set(self.structure.live_at(self.cut)) if batch is not None else set()
-        self._placeholders = set()
+        self._placeholders = {}
 
     def abandon(self) -> None:
         """Run this pass again in full (it left the trace or read a placeholder's values)."""
@@ -209,7 +209,7 @@ class Memo:
         self.replaying = False
         self.position = 0
         self._new = {}
-        self._placeholders = set()
+        self._placeholders = {}
 
     def finish(self) -> None:
         """The pass completed: the frontier of its batch moves to the cut."""
@@ -277,7 +277,7 @@ class Memo:
                     v = torch.empty(shape, dtype=dtype, device=device)
                 else:
                     v = torch.zeros((), dtype=dtype, device=device).expand(shape)
-                    self._placeholders.add(id(v))
+                    self._placeholders[id(v)] = v  # held for the pass: the id stays this tensor's
             elif self.clone or (p, i) in self.structure.mutated:
                 v = v.clone()
             values.append(v)
