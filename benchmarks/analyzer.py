@@ -1,6 +1,7 @@
 """End-to-end benchmark of the PyTorch QuantAnalyzer, with peers measured in the same run.
 
-Usage: python benchmarks/analyzer.py [--batch 32] [--batches 4] [--repeat 3]
+Usage: python benchmarks/analyzer.py [--batch 32] [--batches 4] [--repeat 3] [--skip-cnn] [--skip-bert]
+                                     [--ray]
 
 A ResNet-style CNN (built here, random weights, 32x32 inputs) is analysed. Printed:
 - one quantized forward pass with qa's hooks and C++ kernels vs the same simulation written
@@ -11,12 +12,22 @@ A ResNet-style CNN (built here, random weights, 32x32 inputs) is analysed. Print
   outputs it held at once (peak memory of the step); then with the local error as well;
 - the whole ``analyze`` (calibration, sensitivity, both per-layer sweeps, ranges, histograms,
   MSE) wall time. AIMET is timed too when aimet_torch is installed (it is not a dependency).
+
+Then a BERT-like encoder (6 layers, 384 wide, 12 heads, sequence 128, written as Hugging Face
+writes it: every matmul, softmax and residual add is a quantized op layer):
+- the quantized forward pass with every op quantized against the FP32 pass;
+- ``analyze`` naive (``memoize=False``: every evaluation in full), memoized, and on Ray with two
+  workers (``--ray``, when ray is installed), against the 2L+4 FP32 evaluations alone, with the
+  peak resident memory after each.
+The CNN gets the same naive/memoized comparison.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import resource
 import tempfile
 import time
 
@@ -93,13 +104,137 @@ def aimet_style_mse(sim, x: torch.Tensor) -> dict:
     return out
 
 
+class _Attention(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.dh = heads, d // heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.dh).permute(0, 2, 1, 3)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.query(h)), self.split(self.key(h)), self.split(self.value(h))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.dh) + mask
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        return ctx.view(ctx.shape[0], ctx.shape[1], -1)
+
+
+class _Layer(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.attention = _Attention(d, heads)
+        self.output = nn.Linear(d, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.intermediate, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(self.output(self.attention(h, mask)) + h)
+        return self.ln2(self.down(torch.nn.functional.gelu(self.intermediate(h))) + h)
+
+
+class Bert(nn.Module):
+    """A BERT-like encoder: token ids and an attention mask in, hidden states out."""
+
+    def __init__(self, vocab: int = 1000, d: int = 384, heads: int = 12, layers: int = 6, t: int = 128) -> None:
+        super().__init__()
+        self.word, self.position, self.norm = nn.Embedding(vocab, d), nn.Embedding(t, d), nn.LayerNorm(d)
+        self.layer = nn.ModuleList(_Layer(d, heads) for _ in range(layers))
+        self.register_buffer("position_ids", torch.arange(t)[None], persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.word(input_ids) + self.position(self.position_ids[:, :input_ids.shape[1]]))
+        mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        for layer in self.layer:
+            h = layer(h, mask)
+        return h
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compare_sweeps(label: str, model: nn.Module, dummy, calibrate, evaluate, repeat: int, ray: bool) -> None:
+    """analyze() naive, memoized and (optionally) on Ray, against its evaluations done in full."""
+    analyzer = qa.QuantAnalyzer(model, dummy, calibrate, evaluate, progress=False)
+    t_eval = timed(lambda: evaluate(model, None), repeat)
+    runs = [("naive", {"memoize": False}), ("memoized", {"memoize": True})]
+    if ray:
+        runs.append(("ray, 2 workers", {"memoize": True, "executor": qa.RayExecutor(num_workers=2)}))
+    results = {}
+    for name, kwargs in runs:
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            r = analyzer.analyze("tf", 8, 8, results_dir=d, **kwargs)
+            results[name] = (time.perf_counter() - t, r, sum(r.seconds.get(k, 0.0) for k in
+                                                            ("per_layer_enabled", "per_layer_disabled")))
+        print(f"{label + ' analyze, ' + name:<34} {results[name][0]:7.2f} s (sweeps {results[name][2]:6.2f} s); "
+              f"peak RSS {_peak_mib():.0f} MiB")
+    naive = results["naive"][1]
+    evals = 4 + 2 * len(naive.per_layer_quant_enabled)
+    full = evals * t_eval
+    for name, (total, r, _) in results.items():
+        same = (r.per_layer_quant_enabled == naive.per_layer_quant_enabled
+                and r.per_layer_quant_disabled == naive.per_layer_quant_disabled)
+        print(f"{'':<34} {name}: {total / full:.2f}x the {evals} evaluations in full ({full:.2f} s); "
+              f"results {'identical' if same else 'DIFFERENT'}")
+
+
+def bert_case(args) -> None:
+    torch.manual_seed(0)
+    model = Bert().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(2):
+        mask = torch.ones(8, 128, dtype=torch.int64)
+        mask[::2, 96:] = 0
+        batches.append({"input_ids": torch.randint(0, 1000, (8, 128), generator=g), "attention_mask": mask})
+    with torch.no_grad():
+        reference = [model(**b) for b in batches]
+
+    def calibrate(m, _):
+        with torch.no_grad():
+            for b in batches:
+                m(**b)
+
+    def evaluate(m, _):
+        with torch.no_grad():
+            return -sum(float(((m(**b) - r) ** 2).mean()) for b, r in zip(batches, reference))
+
+    analyzer = qa.QuantAnalyzer(model, batches[0], calibrate, evaluate, progress=False)
+    sim = analyzer.create_quantsim("tf", 8, 8)
+    with torch.no_grad():
+        t_fp32 = timed(lambda: model(**batches[0]), args.repeat)
+        sim.set_active(sim.enabled)
+        t_q = timed(lambda: sim.adapter.run(batches[0]), args.repeat)
+        sim.set_active(())
+    layers = len(sim.graph.layers)
+    ops = sum(1 for layer in sim.graph.layers if "/" in layer.name)
+    print(f"\nBERT-like encoder, 6 x 384, 12 heads, sequence 128, batch 8: {layers} layers ({ops} of them ops "
+          f"outside modules), {len(sim.enabled)} quantizers on")
+    print(f"{'quantized forward pass':<34} FP32 {t_fp32 * 1e3:7.1f} ms   qa, every op quantized {t_q * 1e3:7.1f} ms"
+          f"   ratio {t_q / t_fp32:.2f}x")
+    compare_sweeps("BERT-like", model, batches[0], calibrate, evaluate, 1, args.ray)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-cnn", action="store_true")
+    ap.add_argument("--skip-bert", action="store_true")
+    ap.add_argument("--ray", action="store_true", help="also run analyze on a local Ray with 2 workers")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if not args.skip_cnn:
+        cnn_case(args)
+    if not args.skip_bert:
+        bert_case(args)
+
+
+def cnn_case(args) -> None:
     model = make_model()
     x = torch.randn(args.batch, 3, 32, 32)
     labels = model(x).argmax(1)
@@ -159,6 +294,7 @@ def main() -> None:
           f"({len(result.files)} files); {evals} FP32 evaluations alone take {evals * t_eval:.2f} s")
     stages = ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
     print(f"{'':<30} where the time went (s): {stages}, report {total - sum(result.seconds.values()):.2f}")
+    compare_sweeps("CNN", model, x[:1], calibrate, evaluate, args.repeat, args.ray)
     try:
         import aimet_torch  # noqa: F401  (only whether it is installed)
         print("aimet_torch is installed, but its QuantAnalyzer timing is not wired up in this script yet")

@@ -478,15 +478,27 @@ class QuantAnalyzer:
             with sim.adapter.capturing(refs.comparer(cumulative)):
                 self._mse_forward(sim, batch)
             passes["quantized"] += 1
-            for layer in list(refs.held) if local is not None else ():
-                sim.set_active(sim.layer_quantizers(layer))
-                with sim.adapter.capturing(refs.comparer(local, only=layer)):
-                    self._mse_forward(sim, batch)
-                passes["local"] += 1
+            if local is not None:
+                self._local_passes(sim, batch, list(refs.held), refs, local, passes)
             more = bool(refs.left)
             refs.next_group()
             if not more:
                 return
+
+    def _local_passes(self, sim: QuantSim, batch: Any, layers: List[str], refs: "_References",
+                      local: Dict[str, ErrorStats], passes: Dict[str, int]) -> None:
+        """One pass per layer with only its quantizers on, in execution order: like the enabling
+        sweep, so memoized (everything before the layer's first call is FP32 and is replayed)."""
+        memo = sim.adapter.memoized(self.memo_memory_budget) if self.memoize else contextlib.nullcontext()
+        with memo as focus:
+            for layer in layers:
+                own = sim.layer_quantizers(layer)
+                if focus is not None:
+                    focus(own)
+                sim.set_active(own)
+                with sim.adapter.capturing(refs.comparer(local, only=layer)):
+                    self._mse_forward(sim, batch)
+                passes["local"] += 1
 
     def _log_mse_cost(self, refs: _References, batches: int, passes: Dict[str, int]) -> None:
         """What the per-layer MSE cost, in forward passes and held bytes."""
