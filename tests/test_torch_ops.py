@@ -405,3 +405,53 @@ def test_config_supergroups_apply_to_op_layers():
               "supergroups": [{"op_list": ["MatMul", "Add"]}]}
     sim = analyzer.create_quantsim("tf", config_file=config)
     assert not sim.quantizers["matmul_output_0"].enabled and sim.quantizers["add_output_0"].enabled
+
+
+def test_torch_export_programs_are_named_and_folded_like_eager_models():
+    """A torch.export program (what `qa analyze model.pt2` loads) calls ATen ops: conv2d.default,
+    batch_norm.default, add.Tensor. They get the same names, types and batch-norm folding as the
+    functional calls of an eager model; so does F.batch_norm in an eager forward."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+            with torch.no_grad():
+                self.bn.running_mean.uniform_(-1, 1)
+                self.bn.running_var.uniform_(0.5, 2)
+                self.bn.weight.uniform_(0.5, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)) + 1)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    program = torch.export.export(model, (x,)).module()
+    adapter = TorchAdapter(program, x)
+    graph = adapter.graph
+    assert [(layer.name, layer.op_type) for layer in graph.layers] == [
+        ("conv2d", "Conv"), ("relu", "Relu"), ("mean", "ReduceMean"), ("add", "Add"), ("linear", "Gemm")]
+    assert graph.folded_batch_norms == [("batch_norm", "conv2d")]
+    assert [q.axis for q in graph["conv2d"].params] == [0, None]  # per-channel axis known
+    with torch.no_grad():
+        assert torch.allclose(adapter.run(x), model(x), atol=1e-5)
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.register_buffer("mean", torch.rand(4))
+            self.register_buffer("var", torch.rand(4) + 0.5)
+
+        def forward(self, x):
+            return F.batch_norm(F.conv2d(x, self.w), self.mean, self.var, None, None, False, 0.1, 1e-5)
+
+    functional = Functional().eval()
+    adapter = TorchAdapter(functional, x)
+    assert [layer.name for layer in adapter.graph.layers] == ["conv2d"]
+    assert adapter.graph.folded_batch_norms == [("batch_norm", "conv2d")]
+    assert [q.name for q in adapter.graph["conv2d"].params] == ["conv2d_weight", "conv2d_bias"]  # bias added
+    with torch.no_grad():
+        assert torch.allclose(adapter.run(x), functional(x), atol=1e-5)

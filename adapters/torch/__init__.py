@@ -41,7 +41,7 @@ from .. import register
 from .._base import FLOAT, ActiveSet, Adapter, check_ignored
 from .calls import Call, Interceptor, OpKey, Site, Trace, tensors
 from .memo import Memo
-from .fold import batch_norm_pairs, fold_batch_norms, fold_into_op
+from .fold import batch_norm_pairs, fold_batch_norms, fold_pair
 from .ops import is_known_leaf, module_weight_axis, op_type_of, weight_axis
 
 __all__ = ["TorchAdapter", "fold_batch_norms", "op_type_of"]
@@ -181,19 +181,21 @@ class TorchAdapter(Adapter):
         pairs, refused = batch_norm_pairs(trace, calls.leaves)
         for bn, layer, reason in refused:
             log.info("batch norm %s is not folded into %s: %s", bn, layer, reason)
-        folded = [(bn.module, src.module if src.kind == "module" else src.name) for src, bn in pairs]
+        folded = [(bn.module if bn.kind == "module" else bn.name, src.module if src.kind == "module" else src.name)
+                  for src, bn in pairs]
+        skipped: Set[OpKey] = set()
         if pairs:
             calls.close()
-            fold_batch_norms(self.model, [(src.module, bn.module) for src, bn in pairs if src.kind == "module"])
             for src, bn in pairs:
-                if src.kind == "op":
-                    new_bias = fold_into_op(self.model, src, bn.module)
-                    if new_bias is not None:
-                        bias[src.key] = new_bias
+                new_bias = fold_pair(self.model, src, bn, calls.leaves)
+                if new_bias is not None:
+                    bias[src.key] = new_bias
+                if bn.kind == "op":
+                    skipped.add(bn.key)
             log.info("folded %d batch norm(s): %s", len(pairs), ", ".join(f"{b} -> {c}" for b, c in folded))
             self.model.eval()  # the Identity modules that replace batch norms are new
             self._modules = list(self.model.modules())
-            calls, trace = self._trace(bias)
+            calls, trace = self._trace(bias, skipped)
             _name_ops(trace, self.model)
         self._calls = calls
         # parameter quantizer -> (its definition, the parameter, the float values)
@@ -253,9 +255,9 @@ class TorchAdapter(Adapter):
             return self.model(*inputs)
         return self.model(inputs)
 
-    def _trace(self, bias: Dict[OpKey, nn.Parameter]) -> Tuple[Interceptor, Trace]:
+    def _trace(self, bias: Dict[OpKey, nn.Parameter], folded: Optional[Set[OpKey]] = None) -> Tuple[Interceptor, Trace]:
         """Install an interceptor on the copy and trace one pass on dummy_input with it."""
-        calls = Interceptor(self, self.model, _leaves(self.model), bias)
+        calls = Interceptor(self, self.model, _leaves(self.model), bias, folded)
         names = {id(p): n for n, p in self.model.named_parameters(remove_duplicate=False)}
         trace = Trace(tensors(self.dummy_input), names)
         try:

@@ -68,7 +68,7 @@ class Call:
     """One call in a traced pass: a leaf module's call or a torch op's."""
 
     __slots__ = ("kind", "module", "index", "key", "info", "inputs", "outputs", "n_outputs", "params", "dynamic",
-                 "name", "groups", "computed_weight", "position")
+                 "name", "groups", "computed_weight", "position", "bn")
 
     def __init__(self, kind: str, module: str, index: int = 0, key: Optional[OpKey] = None,
                  info: Optional[FuncInfo] = None) -> None:
@@ -86,6 +86,7 @@ class Call:
         self.groups = 1
         self.computed_weight = False  # a weight slot holds a tensor computed from parameters
         self.position = -1  # its place among all calls of the pass (Trace.events)
+        self.bn: Any = None  # a batch norm op's statistics (fold.OpBatchNorm)
 
 
 class Trace:
@@ -188,6 +189,9 @@ class Trace:
         call.n_outputs = sum(1 for t in outs if t.is_floating_point())
         call.dynamic = any(k in self.dynamic for k in call.inputs)
         call.groups = groups_of(info.name, args, kwargs)
+        if info.name == "batch_norm":
+            from .fold import OpBatchNorm  # (fold imports this module)
+            call.bn = OpBatchNorm.of_call(func, args, kwargs)
         if call.outputs and set(call.outputs) <= set(call.inputs):  # returned its input: computes nothing
             return out
         if call.dynamic:
@@ -323,11 +327,12 @@ class Interceptor:
     """
 
     def __init__(self, adapter: Any, model: nn.Module, leaves: Dict[str, nn.Module],
-                 bias: Optional[Dict[OpKey, nn.Parameter]] = None) -> None:
+                 bias: Optional[Dict[OpKey, nn.Parameter]] = None, folded: Optional[Set[OpKey]] = None) -> None:
         self.adapter = adapter
         self.model = model
         self.leaves = leaves
         self.bias: Dict[OpKey, nn.Parameter] = dict(bias or {})
+        self.folded: Set[OpKey] = set(folded or ())  # batch-norm ops folded away: they return their input
         self.stack: List[str] = []
         self.counts: Dict[str, int] = {}  # module -> calls so far in this pass
         self.op_counts: Dict[Tuple[str, Any, int, str], int] = {}
@@ -588,6 +593,8 @@ class Interceptor:
                 self.trace.moved(args, kwargs, out)
             return out
         key = self._op_key(info)
+        if key in self.folded:
+            return args[0]
         bias = self.bias.get(key)
         if bias is not None:
             args, kwargs = _with_bias(args, kwargs, bias)

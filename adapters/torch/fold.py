@@ -10,7 +10,7 @@ another call is never folded, and the refusal is recorded with its reason.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from ...folding import fold_batch_norm
 from .calls import Call, Trace
 from .ops import BN, FOLDABLE, fold_axis, foldable_module
 
-__all__ = ["fold_batch_norms", "batch_norm_pairs", "fold_into_op", "Pair"]
+__all__ = ["fold_batch_norms", "batch_norm_pairs", "fold_pair", "OpBatchNorm", "Pair"]
 
 Pair = Tuple[Call, Call]  # (the layer's call, the batch norm's call)
 
@@ -57,22 +57,57 @@ def fold_batch_norms(model: nn.Module, pairs: Sequence[Tuple[str, str]]) -> None
         _set_submodule(model, bn_name, nn.Identity())
 
 
-def fold_into_op(model: nn.Module, call: Call, bn_name: str) -> Optional[nn.Parameter]:
-    """Fold batch norm ``bn_name`` into a functional op's weight and bias parameters in place and
-    replace the batch norm by Identity. Returns the new bias for an op called with ``bias=None``
-    (the interceptor passes it to the op), else None."""
-    bn = model.get_submodule(bn_name)
-    params = {role: p for role, p, _ in call.params}
-    weight, bias = params["weight"], params.get("bias")
+class OpBatchNorm:
+    """A batch norm called as a function (``F.batch_norm`` in eval, ``aten.batch_norm`` in a
+    torch.export program): its statistics and affine parameters, as a module would hold them."""
+
+    __slots__ = ("running_mean", "running_var", "weight", "bias", "eps")
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], eps: float) -> None:
+        self.running_mean, self.running_var, self.weight, self.bias, self.eps = mean, var, weight, bias, eps
+
+    @classmethod
+    def of_call(cls, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional["OpBatchNorm"]:
+        """The batch norm a call computes in eval mode (None: training, or an unknown signature)."""
+        names = (("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+                 if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) else
+                 ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
+        bound = dict(zip(names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+        mean, var = bound.get("running_mean"), bound.get("running_var")
+        if bound.get("training") or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+            return None
+        return cls(mean, var, bound.get("weight"), bound.get("bias"), float(bound.get("eps", 1e-5)))
+
+
+def _batch_norm_of(model: nn.Module, bn: Call) -> Any:
+    return bn.bn if bn.kind == "op" else model.get_submodule(bn.module)
+
+
+def fold_pair(model: nn.Module, src: Call, bn: Call, leaves: Dict[str, nn.Module]) -> Optional[nn.Parameter]:
+    """Fold batch norm ``bn`` (a module, replaced by Identity, or an op, which the interceptor then
+    skips) into ``src`` (a leaf module or a functional op) in place. Returns the new bias of an op
+    called with ``bias=None`` (the interceptor passes it to the op), else None."""
+    stats = _batch_norm_of(model, bn)
+    if src.kind == "module":
+        layer = leaves[src.module]
+        weight, bias, axis, name = layer.weight, layer.bias, fold_axis(layer), src.module
+    else:
+        params = {role: p for role, p, _ in src.params}
+        weight, bias, axis, name = params["weight"], params.get("bias"), FOLDABLE[src.info.name], src.name
+    new_bias = None
     with torch.no_grad():
-        w, b = _fold_params(weight, bias, bn, FOLDABLE[call.info.name], call.name)
+        w, b = _fold_params(weight, bias, stats, axis, name)
         weight.copy_(w)
-        new_bias = None
-        if bias is None:
-            new_bias = nn.Parameter(b.to(weight.dtype), requires_grad=False)
-        else:
+        if bias is not None:
             bias.copy_(b)
-    _set_submodule(model, bn_name, nn.Identity())
+        elif src.kind == "module":
+            layer.bias = nn.Parameter(b.to(weight.dtype))
+        else:
+            new_bias = nn.Parameter(b.to(weight.dtype), requires_grad=False)
+    if bn.kind == "module":
+        _set_submodule(model, bn.module, nn.Identity())
     return new_bias
 
 
@@ -101,7 +136,7 @@ def _readers(trace: Trace, leaves: Dict[str, nn.Module]) -> Dict[int, List[str]]
 def _why_not(trace: Trace, src: Call, bn: Call, leaves: Dict[str, nn.Module],
              readers: Dict[int, List[str]]) -> Optional[str]:
     """Why folding ``bn`` into ``src`` would change more than the pair (None: it would not)."""
-    if trace.calls[bn.module] != 1:
+    if bn.kind == "module" and trace.calls[bn.module] != 1:
         return f"{bn.module} runs {trace.calls[bn.module]} times in a forward pass"
     if src.kind == "module":
         if trace.calls[src.module] != 1:
@@ -143,9 +178,9 @@ def batch_norm_pairs(trace: Trace, leaves: Dict[str, nn.Module]
     pairs: List[Pair] = []
     refused: List[Tuple[str, str, str]] = []
     for i, call in enumerate(trace.order):
-        if call.kind != "module" or not isinstance(leaves[call.module], BN) or leaves[call.module].running_mean is None:
+        if not _is_batch_norm(call, leaves):
             continue
-        if len(call.inputs) != 1 or call.inputs[0] not in producer:
+        if (call.kind == "module" and len(call.inputs) != 1) or not call.inputs or call.inputs[0] not in producer:
             continue
         src, k = producer[call.inputs[0]], call.inputs[0]
         if (not _foldable(src, leaves) or readers.get(k) != {i} or k in trace.model_outputs
@@ -153,8 +188,15 @@ def batch_norm_pairs(trace: Trace, leaves: Dict[str, nn.Module]
             continue
         reason = _why_not(trace, src, call, leaves, param_readers)
         src_name = src.module if src.kind == "module" else src.name
+        bn_name = call.module if call.kind == "module" else call.name
         if reason is None:
             pairs.append((src, call))
-        elif (call.module, src_name, reason) not in refused:
-            refused.append((call.module, src_name, reason))
+        elif (bn_name, src_name, reason) not in refused:
+            refused.append((bn_name, src_name, reason))
     return pairs, refused
+
+
+def _is_batch_norm(call: Call, leaves: Dict[str, nn.Module]) -> bool:
+    if call.kind == "op":
+        return call.bn is not None and call.dynamic
+    return isinstance(leaves[call.module], BN) and leaves[call.module].running_mean is not None

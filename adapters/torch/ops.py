@@ -125,10 +125,20 @@ class FuncInfo:
     inplace: bool = False
 
 
+# ATen ops a torch.export program calls under other names than their torch.nn.functional twins
+_ATEN_NAMES = {"_native_batch_norm_legit_no_training": "batch_norm", "_native_batch_norm_legit": "batch_norm",
+               "native_layer_norm": "layer_norm", "_softmax": "softmax", "_log_softmax": "log_softmax",
+               "convolution": "conv2d", "_to_copy": "to", "alias": "view", "clone": "clone"}
+
+
 def _base_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
     if name == "__get__":  # a property such as x.T arrives as its descriptor's __get__
         return getattr(getattr(func, "__self__", None), "__name__", name)
+    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        # torch.export programs call ATen ops: aten.conv2d.default, aten.add.Tensor -> conv2d, add
+        name = name.split(".")[0]
+        return _ATEN_NAMES.get(name, name)
     return name
 
 
