@@ -61,15 +61,41 @@ token ids get none), and only float outputs get output quantizers. A model quant
 itself (``model.quantize``) is refused: its layers run ``quantized_call``. Per-channel axis:
 the last kernel axis (Keras kernels are ``[..., in, out]``), the input-channel axis of a
 depthwise kernel (``[kh, kw, in, mult]``) and the second last for transposed convs.
+
+Memoized sweeps (:meth:`KerasAdapter.memoized`): in the enabling sweep for a layer only its
+quantizers are on, so every call of the graph before the first call those quantizers can change
+(its *cut*: the layer's call for an activation quantizer, the first call reading the variable for
+a weight, whichever layer that is) computes what the float model computes; in the disabling
+sweep, what the fully quantized model computes. The clone's graph is a list of *steps*, every
+layer and operation call of the graph with nested models walked into, in the order
+``Functional._run_through_graph`` runs them (a layer that qa analyses through its sublayers,
+such as MultiHeadAttention, is one step). Per eval batch (a hash of the arrays' bytes, shapes and
+dtypes and of the other arguments, never an object's identity) the memo remembers the tensors
+made before the cut that a later step or the model's result reads, and in the next evaluation of
+that batch whose cut lies at or after that *frontier*, the graph run (patched on the clone and
+its nested models) skips the steps before it: they return the remembered tensors (masks kept),
+or gaps nothing from the frontier on reads (a nested model that must run gets zero placeholders
+of the recorded shapes for those); the frontier then moves to the new cut. Layers' per-pass call
+counts (which call of a layer runs, so which quantizers it gets) are restored where computing
+starts. A pass that cannot replay runs again in full; a model whose steps cannot be laid out
+(a nested model that converts its inputs, a graph that does not match) or that holds a layer
+defined outside Keras with a seed generator (it may draw random numbers in inference) runs every
+evaluation in full, which is logged. Remembered tensors of all batches stay under the budget; a
+batch that does not fit runs in full. Layers are taken to compute a function of their inputs and
+variables: a layer that changes its own state or its inputs in place in inference is not seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import heapq
 import inspect
+import itertools
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+import re
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import keras
@@ -84,7 +110,22 @@ __all__ = ["KerasAdapter"]
 
 log = logging.getLogger("qa.adapters.keras")
 
+try:  # how Keras attaches a mask to a tensor (an attribute, or a table on backends without attributes)
+    from keras.src.backend.common.masking import get_keras_mask as _get_mask, set_keras_mask as _set_mask
+except Exception:  # pragma: no cover - a future Keras may move them
+    def _get_mask(t: Any) -> Any:
+        return getattr(t, "_keras_mask", None)
+
+    def _set_mask(t: Any, mask: Any) -> None:
+        try:
+            t._keras_mask = mask
+        except Exception:
+            pass
+
 L = keras.layers
+# Layers that return their input at inference: no layers of the analysis (one policy with torch and ONNX)
+_PASS_THROUGH = (L.Identity, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+                 L.GaussianDropout, L.GaussianNoise, L.AlphaDropout)
 _CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
 _DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c is not None)
 _CONV_T = tuple(c for c in (getattr(L, "Conv1DTranspose", None), L.Conv2DTranspose,
@@ -846,6 +887,391 @@ def _var_owners(layer: Any) -> Dict[int, Tuple[str, Any]]:
     return owners
 
 
+# ---- memoized sweeps: per eval batch, the tensors at the cut; the graph run on from there --------
+
+TensorId = Tuple[int, int]  # (step, output index); step -1: the model's inputs
+_FOREVER = 1 << 60
+_unique = itertools.count()  # tokens for inputs that cannot be hashed by content: never seen twice
+
+
+class _NoReplay(Exception):
+    """Why this model's sweeps cannot replay (every evaluation then runs in full)."""
+
+
+class _Abandon(Exception):
+    """A replay cannot go on: the pass runs again in full."""
+
+
+class _Gap:
+    """Stands for a tensor a replay did not compute: nothing from the frontier on reads it."""
+
+    __slots__ = ("tid",)
+
+    def __init__(self, tid: TensorId) -> None:
+        self.tid = tid
+
+
+class _Frame:
+    """One run of one graph (the model's, or a nested model's at one of its calls): per node, in the
+    order Keras runs them, its step or the frame of the nested model it calls."""
+
+    __slots__ = ("graph", "entries", "first", "last", "outs")
+
+    def __init__(self, graph: Any, first: int) -> None:
+        self.graph = graph
+        self.entries: List[Tuple[Any, Any]] = []
+        self.first = first  # its steps are first .. last - 1
+        self.last = first
+        self.outs: List[TensorId] = []
+
+
+def _graph_of(model: Any) -> Any:
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    return graph if getattr(graph, "_nodes_by_depth", None) is not None else None
+
+
+class _Plan:
+    """The analysis clone's graph as steps: every call of a layer or operation of the flattened
+    graph (nested models walked into) in the order Keras runs them, the topology's call for each,
+    what each reads, and where each tensor is read last."""
+
+    def __init__(self, model: Any, calls: List[_Call]) -> None:
+        self.steps: List[Tuple[Any, Any]] = []  # (node, operation)
+        self.reads: List[List[TensorId]] = []
+        self.nested_inputs: Set[TensorId] = set()  # handed to a nested model: a replay may need placeholders
+        self.graphs: Dict[int, Any] = {}
+        graph = _graph_of(model)
+        if graph is None:
+            raise _NoReplay("the model has no layer graph")
+        self.root = self._frame(graph, [(-1, i) for i in range(len(graph.inputs))])
+        self.calls = self._match(calls)
+        self.last_use: Dict[TensorId, int] = {}
+        for p, ins in enumerate(self.reads):
+            for t in ins:
+                self.last_use[t] = max(self.last_use.get(t, -1), p)
+        for t in self.root.outs:
+            self.last_use[t] = _FOREVER
+        self._live: Dict[int, FrozenSet[TensorId]] = {}
+
+    def _frame(self, graph: Any, srcs: List[TensorId]) -> _Frame:
+        """The frame of ``graph`` run on tensors ``srcs`` (what Functional._run_through_graph runs, in its order)."""
+        frame = _Frame(graph, len(self.steps))
+        self.graphs[id(graph)] = graph
+        made = {id(t): s for t, s in zip(graph.inputs, srcs)}
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            for node in graph._nodes_by_depth[depth]:
+                op = node.operation
+                if not op or node.is_input or any(id(t) not in made for t in node.input_tensors):
+                    continue
+                ins = [made[id(t)] for t in node.input_tensors]
+                if _is_nested(op):
+                    sub = self._frame(self._nested_graph(op, node), ins)
+                    self.nested_inputs.update(ins)
+                    frame.entries.append((node, sub))
+                    outs = sub.outs
+                else:
+                    p = len(self.steps)
+                    self.steps.append((node, op))
+                    self.reads.append(ins)
+                    frame.entries.append((node, p))
+                    outs = [(p, i) for i in range(len(node.outputs))]
+                made.update((id(t), s) for t, s in zip(node.outputs, outs))
+        frame.last = len(self.steps)
+        if any(id(t) not in made for t in graph.outputs):
+            raise _NoReplay(f"an output of {graph.name} is not connected to its inputs")
+        frame.outs = [made[id(t)] for t in graph.outputs]
+        return frame
+
+    @staticmethod
+    def _nested_graph(op: Any, node: Any) -> Any:
+        """The graph of a nested model, which must take the tensors it is handed as they are."""
+        graph = _graph_of(op)
+        if graph is None:
+            raise _NoReplay(f"nested model {op.name} has no layer graph")
+        if any(isinstance(a, dict) for a in node.arguments.args) or any(
+                _is_symbolic(v) for v in _flat(node.arguments.kwargs)):
+            raise _NoReplay(f"nested model {op.name} is called on a dict or on keyword tensors")
+        given, taken = node.input_tensors, graph.inputs
+        same = len(given) == len(taken) and all(
+            keras.backend.standardize_dtype(a.dtype) == keras.backend.standardize_dtype(b.dtype)
+            and len(a.shape) == len(b.shape) for a, b in zip(given, taken))
+        if not same:
+            raise _NoReplay(f"nested model {op.name} converts the tensors it is called on")
+        return graph
+
+    def _match(self, calls: List[_Call]) -> List[_Call]:
+        """The topology's call for each step (the k-th step of an operation: its k-th call)."""
+        by_op: Dict[int, List[_Call]] = {}
+        for call in calls:
+            by_op.setdefault(id(call.clone), []).append(call)
+        seen: Dict[int, int] = {}
+        matched = []
+        for _, op in self.steps:
+            k = seen.get(id(op), 0)
+            seen[id(op)] = k + 1
+            found = by_op.get(id(op), [])
+            if k >= len(found):
+                raise _NoReplay(f"the clone's graph calls {getattr(op, 'name', op)} where the model's does not")
+            matched.append(found[k])
+        if len(matched) != len(calls):
+            raise _NoReplay("the clone's graph makes fewer calls than the model's")
+        return matched
+
+    def live_at(self, cut: int) -> FrozenSet[TensorId]:
+        """Tensors made before step ``cut`` that a step at or after it (or the model's result) reads."""
+        if cut not in self._live:
+            self._live[cut] = frozenset(t for t, last in self.last_use.items() if 0 <= t[0] < cut <= last)
+        return self._live[cut]
+
+
+def _random_part(op: Any) -> Optional[str]:
+    """A part of ``op`` defined outside Keras that holds a seed generator (it may draw random numbers
+    in inference: a call cannot be replayed); Keras's own layers draw only in training."""
+    parts = op._flatten_layers() if isinstance(op, keras.layers.Layer) else [op]
+    for part in parts:
+        if not type(part).__module__.startswith("keras.") and getattr(part, "_seed_generators", None):
+            return getattr(part, "name", type(part).__name__)
+    return None
+
+
+def _array_bytes(o: Any) -> bytes:
+    """An array or tensor as its shape, dtype and bytes; anything else as a token never seen again."""
+    try:
+        if isinstance(o, (np.ndarray, np.generic)) or (_is_tensor(o) and not _is_symbolic(o)):
+            a = np.asarray(o) if isinstance(o, (np.ndarray, np.generic)) else np.asarray(keras.ops.convert_to_numpy(o))
+            if a.dtype != object:
+                head = f"T{tuple(a.shape)}{a.dtype}{keras.backend.standardize_dtype(o.dtype)}|".encode()
+                return head + np.ascontiguousarray(a).tobytes()
+    except Exception as e:  # an exotic tensor type: this batch is simply never replayed
+        log.debug("memoized sweeps: cannot hash a %s by content (%s)", type(o).__name__, e)
+    return f"unique:{next(_unique)}".encode()
+
+
+def _batch_key(obj: Any) -> str:
+    """A hash of a forward pass's arguments: arrays and tensors byte for byte with shapes and dtypes,
+    plain values by repr, containers item by item; never an object's identity."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def add(o: Any) -> None:
+        if isinstance(o, (list, tuple)):
+            h.update(b"(" if isinstance(o, tuple) else b"[")
+            for x in o:
+                add(x)
+            h.update(b")")
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                add(v)
+            h.update(b"}")
+        elif o is None or isinstance(o, (bool, int, float, str, bytes)):
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+        else:
+            h.update(_array_bytes(o))
+    add(obj)
+    return h.hexdigest()
+
+
+def _keep(t: Any) -> Any:
+    """A tensor to remember: without its gradient history (its Keras mask kept)."""
+    if not _is_tensor(t) or _is_symbolic(t):
+        return t
+    kept = keras.ops.stop_gradient(t)
+    mask = _get_mask(t)
+    if mask is not None and kept is not t:
+        _set_mask(kept, mask)
+    return kept
+
+
+def _nbytes(t: Any) -> int:
+    shape = getattr(t, "shape", None)
+    if shape is None or not _is_tensor(t):
+        return 0
+    digits = re.findall(r"\d+", keras.backend.standardize_dtype(t.dtype))
+    return int(np.prod([int(d) for d in shape])) * (int(digits[0]) // 8 if digits else 1)
+
+
+class _Batch:
+    __slots__ = ("frontier", "live", "metas", "nbytes", "counts")
+
+    def __init__(self) -> None:
+        self.frontier = 0
+        self.live: Dict[TensorId, Any] = {}  # the tensors live at the frontier
+        self.metas: Dict[TensorId, Tuple[Tuple[int, ...], str]] = {}  # shapes of tensors handed to nested models
+        self.nbytes = 0
+        self.counts: Dict[str, int] = {}  # the adapter's layer call counts in front of the frontier
+
+
+class _Memo:
+    """The memo of one sweep. Per batch (by content), the frontier (the step in front of which the
+    last evaluation's cut lay) and the tensors live there; an evaluation whose cut is at or after
+    the frontier skips the steps before it (live outputs are the remembered tensors, others gaps)
+    and computes from there; at its end the frontier moves to its cut. ``cuts`` maps each quantizer
+    to the first step it can change; ``counts`` is the adapter's per-pass layer call counts (which
+    call of a layer runs, so which quantizers it gets), restored where a replay starts computing."""
+
+    def __init__(self, plan: _Plan, cuts: Dict[str, int], budget: int, counts: Dict[str, int]) -> None:
+        self.plan, self.cuts, self.budget, self.counts = plan, cuts, budget, counts
+        self.batches: Dict[str, Optional[_Batch]] = {}  # None: over the budget, always in full
+        self.cut = len(plan.steps)
+        self.nbytes = self.saved = self.total = self.abandoned = 0
+        self.active = False
+        self.key = ""
+        self._tally = (0, 0)
+        self._reset(None)
+
+    def focus(self, differing: Iterable[str]) -> None:
+        """The quantizers that differ from the sweep's reference in the next evaluations."""
+        self.cut = min((self.cuts.get(q, 0) for q in differing), default=len(self.plan.steps))
+
+    def _reset(self, batch: Optional[_Batch]) -> None:
+        self.batch = batch
+        self.replaying = self.restored = False
+        self.ok = True  # the pass ran every step through the plan: it may be remembered
+        self.new: Dict[TensorId, Any] = {}
+        self.snapshot: Optional[Dict[str, int]] = None
+        self.pending: Optional[_Frame] = self.plan.root  # the frame the next graph run is
+        self.inputs: List[Any] = []
+        self.live_next = self.plan.live_at(self.cut) if batch is not None else frozenset()
+
+    def evaluate(self, call: Callable[..., Any], args: Any, kwargs: Dict[str, Any], fresh: Callable[[], None]) -> Any:
+        """One forward pass (``call``, after ``fresh()``), replayed up to the frontier when its batch was seen."""
+        self.key = _batch_key((args, kwargs))
+        batch = self.batches.setdefault(self.key, _Batch())
+        self.active, self._tally = True, (self.saved, self.total)
+        self._reset(batch)
+        self.replaying = batch is not None and 0 < batch.frontier <= self.cut
+        try:
+            try:
+                fresh()
+                out = call(*args, **kwargs)
+            except Exception as e:
+                if not self.replaying:
+                    raise
+                (log.debug if self.abandoned else log.info)(
+                    "memoized sweep: a replay was abandoned (%s: %s); the pass runs again in full", type(e).__name__, e)
+                self.abandoned += 1
+                self.saved, self.total = self._tally
+                self._reset(batch)
+                fresh()
+                out = call(*args, **kwargs)
+            self._finish()
+            return out
+        finally:
+            self.active, self.pending, self.new, self.inputs = False, None, {}, []
+
+    def frame_for(self, graph: Any) -> Optional[_Frame]:
+        """The frame a run of ``graph`` is now (None: not a run of this pass's plan)."""
+        frame = self.pending if self.active else None
+        if frame is None or frame.graph is not graph:
+            return None
+        self.pending = None
+        return frame
+
+    def run(self, frame: _Frame, inputs: Any, operation_fn: Callable[[Any], Any]) -> Any:
+        """Functional._run_through_graph over the frame's nodes, skipping the steps before the frontier."""
+        graph = frame.graph
+        flat = keras.tree.flatten(inputs)
+        if frame is self.plan.root:
+            self.inputs = flat
+        tensors = {id(x): y for x, y in zip(graph.inputs, flat)}
+        lookup = getattr(graph, "_get_operation_for_node", None)
+        for node, entry in frame.entries:
+            op = lookup(node) if lookup is not None else node.operation
+            if isinstance(entry, _Frame):
+                outs = self._nested(node, op, entry, tensors, operation_fn)
+            else:
+                outs = self._step(node, op, entry, tensors, operation_fn)
+            for x, y in zip(node.outputs, keras.tree.flatten(outs)):
+                tensors[id(x)] = y
+        return keras.tree.pack_sequence_as(graph._outputs_struct, [tensors[id(x)] for x in graph.outputs])
+
+    def _value(self, t: TensorId) -> Any:
+        """A tensor made before the frontier: a model input, a remembered tensor, or a gap."""
+        if t[0] < 0:
+            return self.inputs[t[1]]
+        return self.batch.live.get(t, _Gap(t))
+
+    def _step(self, node: Any, op: Any, p: int, tensors: Dict[int, Any], operation_fn: Callable[[Any], Any]) -> Any:
+        self.total += 1
+        batch = self.batch
+        if self.replaying and p < batch.frontier:
+            self.saved += 1
+            return [self._value((p, i)) for i in range(len(node.outputs))]
+        if self.replaying and not self.restored:  # the first step computed: layer calls counted as in full
+            self.counts.clear()
+            self.counts.update(batch.counts)
+            self.restored = True
+        if p == self.cut:
+            self.snapshot = dict(self.counts)
+        args, kwargs = node.arguments.fill_in(tensors)
+        if self.replaying and any(isinstance(v, _Gap) for v in _flat((args, kwargs))):
+            raise _Abandon(f"step {p} reads a tensor the replay did not compute")
+        outs = operation_fn(op)(*args, **kwargs)
+        if batch is not None:
+            for i, y in enumerate(keras.tree.flatten(outs)[:len(node.outputs)]):
+                t = (p, i)
+                if p < self.cut and t in self.live_next:
+                    self.new[t] = _keep(y)
+                if t in self.plan.nested_inputs and t not in batch.metas and _is_tensor(y):
+                    batch.metas[t] = (tuple(int(d) for d in y.shape), keras.backend.standardize_dtype(y.dtype))
+        return outs
+
+    def _nested(self, node: Any, op: Any, frame: _Frame, tensors: Dict[int, Any],
+                operation_fn: Callable[[Any], Any]) -> Any:
+        """A nested model's call: skipped when all of it lies before the frontier, else called (its
+        graph run is ``frame``), a gap among its arguments handed over as a placeholder."""
+        if self.replaying and frame.last <= self.batch.frontier:
+            self.saved += frame.last - frame.first
+            self.total += frame.last - frame.first
+            return [self._value(t) for t in frame.outs]
+        args, kwargs = node.arguments.fill_in(tensors)
+        if self.replaying and any(isinstance(v, _Gap) for v in _flat((args, kwargs))):
+            args, kwargs = keras.tree.map_structure(self._placeholder, (args, kwargs))
+        self.pending = frame
+        outs = operation_fn(op)(*args, **kwargs)
+        if self.pending is not None:  # the nested model did not run its graph through the plan
+            self.pending = None
+            if self.replaying:
+                raise _Abandon(f"nested model {op.name} did not run its graph")
+            self.ok = False
+        return outs
+
+    def _placeholder(self, v: Any) -> Any:
+        if not isinstance(v, _Gap):
+            return v
+        meta = self.batch.metas.get(v.tid)
+        if meta is None:
+            raise _Abandon("no shape recorded for a tensor handed to a nested model")
+        return keras.ops.zeros(meta[0], dtype=meta[1])
+
+    def _finish(self) -> None:
+        """The pass completed: its batch remembers the tensors live at the cut, and the frontier moves there."""
+        batch = self.batch
+        if batch is None or not self.ok:
+            return
+        if self.snapshot is None:  # the cut lies after the last step
+            self.snapshot = batch.counts if self.replaying and not self.restored else dict(self.counts)
+        live = {t: v for t, v in batch.live.items() if t in self.live_next}
+        live.update(self.new)
+        if len(live) != len(self.live_next):
+            return
+        nbytes = sum(_nbytes(v) for v in live.values())
+        if self.nbytes - batch.nbytes + nbytes > self.budget:
+            self.nbytes -= batch.nbytes
+            self.batches[self.key] = None
+            log.info("memoized sweeps: a batch's remembered tensors would exceed memo_memory_budget; it is "
+                     "evaluated in full")
+            return
+        self.nbytes += nbytes - batch.nbytes
+        batch.live, batch.nbytes, batch.frontier, batch.counts = live, nbytes, self.cut, self.snapshot
+
+    def stats(self) -> str:
+        share = self.saved / self.total if self.total else 0.0
+        return (f"{self.saved} of {self.total} calls replayed ({share:.0%}), {len(self.batches)} batch(es), "
+                f"{self.nbytes / 2**20:.1f} MiB remembered, {self.abandoned} pass(es) run again in full")
+
+
 # ---- the adapter ---------------------------------------------------------------------------
 
 Site = Tuple[str, Dict[Tuple[Optional[str], int], Quantizer], List[Quantizer]]  # (layer, input quantizers by slot, outputs)
@@ -885,7 +1311,9 @@ class KerasAdapter(Adapter):
             log.info("folded %d batch norm(s): %s", len(folded), ", ".join(f"{bn} -> {c}" for bn, c in folded))
         units = self._units(topo, clones)
         ignored = self._ignored_names(topo, units, modules_to_ignore)
-        skip = {id(bn) for _, bn in pairs} | {id(op) for op in topo.ops if isinstance(op, L.Identity)}
+        # pass-through layers (Identity; dropout and noise, which do nothing at inference) are no
+        # layers, as in the torch and ONNX adapters
+        skip = {id(bn) for _, bn in pairs} | {id(op) for op in topo.ops if isinstance(op, _PASS_THROUGH)}
         skipped = {id(u) for u in units if id(u.op) in skip}
         self.graph = self._build_graph(units, skipped, ignored)
         reasons = [c.reason for c in topo.call_list if c.reason]
@@ -899,7 +1327,15 @@ class KerasAdapter(Adapter):
         self._counts: Dict[str, int] = {}  # layer -> its calls so far in the running forward pass
         self._depth = 0  # > 0 while a layer of the analysis runs: the layers it calls run in float inside it
         self._patched: List[Callable[[], None]] = []
+        self._memo: Optional[_Memo] = None  # within memoized(): the sweep's memo
         self._patch(units)
+        self._replay: Optional[Tuple[_Plan, Dict[str, int]]] = None
+        self._no_replay = ""
+        try:
+            self._replay = self._replay_plan(topo)
+        except _NoReplay as e:
+            self._no_replay = str(e)
+            log.debug("memoized sweeps will run every evaluation in full: %s", e)
 
     # -- construction --
 
@@ -1193,17 +1629,94 @@ class KerasAdapter(Adapter):
         self._patched.append(_patch(self.model, "call", self._root(self.model.call)))
 
     def _root(self, call: Callable[..., Any]):
-        """The clone's own call: each forward pass counts layer calls from 0, always in inference mode."""
+        """The clone's own call: each forward pass counts layer calls from 0, always in inference mode;
+        within a memoized sweep, the pass goes through the sweep's memo."""
         adapter = self
 
         def inference_call(*args, **kwargs):
-            adapter._counts.clear()
-            adapter._depth = 0
             if "training" in kwargs:
                 kwargs["training"] = False  # a callback's training=True would turn dropout on and update BN statistics
-            return call(*args, **kwargs)
+            memo = adapter._memo
+            if memo is None or memo.active or adapter._observers is not None or adapter._capture is not None:
+                adapter._fresh_pass()
+                return call(*args, **kwargs)
+            return memo.evaluate(call, args, kwargs, adapter._fresh_pass)
 
         return inference_call
+
+    def _fresh_pass(self) -> None:
+        self._counts.clear()
+        self._depth = 0
+
+    # -- memoized sweeps --
+
+    def _replay_plan(self, topo: _Topology) -> Tuple[_Plan, Dict[str, int]]:
+        """The clone's graph as steps and each quantizer's cut; the graph runs of the clone (and of
+        its nested models) patched to run through a sweep's memo. Raises _NoReplay when the model's
+        sweeps cannot replay."""
+        plan = _Plan(self.model, topo.call_list)
+        for call in plan.calls:
+            drawn = _random_part(call.clone)
+            if drawn is not None:
+                raise _NoReplay(f"layer {drawn} may draw random numbers in inference")
+        for graph in plan.graphs.values():
+            self._patched.append(_patch(graph, "_run_through_graph", self._runner(graph, graph._run_through_graph)))
+        return plan, self._cuts(plan)
+
+    def _runner(self, graph: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``graph._run_through_graph``: the memo's run within a memoized pass, Keras's otherwise."""
+        adapter = self
+
+        def run_through_graph(inputs, *args, **kwargs):
+            memo = adapter._memo
+            operation_fn = args[0] if args else kwargs.get("operation_fn")
+            plain = memo is None or operation_fn is None or len(args) > 1 or kwargs.get("call_fn") is not None
+            frame = None if plain else memo.frame_for(graph)
+            if frame is None:
+                return original(inputs, *args, **kwargs)
+            return memo.run(frame, inputs, operation_fn)
+
+        return run_through_graph
+
+    def _cuts(self, plan: _Plan) -> Dict[str, int]:
+        """Quantizer -> the first step it can change: its layer's step for an activation; for a
+        parameter, the first step reading its variable (or constant), whichever layer that is."""
+        step: Dict[str, int] = {}
+        reads: Dict[int, int] = {}
+        for p, call in enumerate(plan.calls):
+            for unit in call.units:
+                step.setdefault(unit.name, p)
+            layer = call.clone if isinstance(call.clone, keras.layers.Layer) else None
+            held = list(getattr(layer, "weights", None) or []) if layer is not None else []
+            held += [self._clone_vars.get(id(v), v) for _, v in call.consts]
+            for v in held:
+                reads.setdefault(id(v), p)
+        cuts: Dict[str, int] = {}
+        for layer in self.graph.layers:
+            p = step.get(layer.name, 0)
+            for q in layer.quantizers:
+                where = min(p, reads.get(id(self._variables[q.name]), p)) if q.is_param else p
+                cuts[q.name] = min(cuts.get(q.name, where), where)
+        return cuts
+
+    @contextlib.contextmanager
+    def memoized(self, budget: int) -> Iterator[Optional[Callable[[Iterable[str]], None]]]:
+        """Within the block (one sweep), a forward pass on a batch seen before skips the steps in front
+        of the frontier (see the module docstring); call the yielded function with the quantizers that
+        differ from the sweep's reference before each evaluation. Yields None (every evaluation in
+        full) for a model whose sweeps cannot replay."""
+        if self._replay is None:
+            log.info("memoized sweeps are off for this model (%s); every evaluation runs in full", self._no_replay)
+            yield None
+            return
+        plan, cuts = self._replay
+        memo = _Memo(plan, cuts, int(budget), self._counts)
+        self._memo = memo
+        try:
+            yield memo.focus
+        finally:
+            self._memo = None
+            log.info("memoized sweep: %s", memo.stats())
 
     def _site(self, name: str, sites: Dict[int, Optional[Site]]) -> Tuple[int, Optional[Site]]:
         """Count one call of layer ``name``: (its index in this forward pass, its site)."""

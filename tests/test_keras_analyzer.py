@@ -101,7 +101,7 @@ def test_analyze_end_to_end_writes_every_file(tmp_path):
                               results_dir=tmp_path)
     assert result.status == "complete"
     names = [layer["name"] for layer in result.layers]
-    assert names == ["conv1", "relu1", "dw", "act2", "pool", "flat", "drop", "fc1", "fc2"]
+    assert names == ["conv1", "relu1", "dw", "act2", "pool", "flat", "fc1", "fc2"]  # dropout: no layer (as in torch and ONNX)
     assert sorted(result.folded_batch_norms) == [("bn1", "conv1"), ("bn2", "dw"), ("bn3", "fc1")]
     for path in expected_files(result):
         assert path.is_file(), path

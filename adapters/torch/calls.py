@@ -29,7 +29,7 @@ from torch import nn
 from ...graph import Quantizer, call_name
 from .decompose import DECOMPOSED
 from .memo import Abandon, Event, Memo, Structure
-from .ops import META, MOVE, FuncInfo, classify, groups_of, is_float, name_of, param_role
+from .ops import META, MOVE, FuncInfo, OpBatchNorm, classify, groups_of, is_float, name_of, param_role
 
 __all__ = ["Call", "Trace", "Interceptor", "Site", "tensors", "key_of"]
 
@@ -190,7 +190,6 @@ class Trace:
         call.dynamic = any(k in self.dynamic for k in call.inputs)
         call.groups = groups_of(info.name, args, kwargs)
         if info.name == "batch_norm":
-            from .fold import OpBatchNorm  # (fold imports this module)
             call.bn = OpBatchNorm.of_call(func, args, kwargs)
         if call.outputs and set(call.outputs) <= set(call.inputs):  # returned its input: computes nothing
             return out

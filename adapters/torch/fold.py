@@ -20,7 +20,7 @@ from ...folding import fold_batch_norm
 from .calls import Call, Trace
 from .ops import BN, FOLDABLE, fold_axis, foldable_module
 
-__all__ = ["fold_batch_norms", "batch_norm_pairs", "fold_pair", "OpBatchNorm", "Pair"]
+__all__ = ["fold_batch_norms", "batch_norm_pairs", "fold_pair", "Pair"]
 
 Pair = Tuple[Call, Call]  # (the layer's call, the batch norm's call)
 
@@ -55,30 +55,6 @@ def fold_batch_norms(model: nn.Module, pairs: Sequence[Tuple[str, str]]) -> None
             else:
                 layer.bias.copy_(b)
         _set_submodule(model, bn_name, nn.Identity())
-
-
-class OpBatchNorm:
-    """A batch norm called as a function (``F.batch_norm`` in eval, ``aten.batch_norm`` in a
-    torch.export program): its statistics and affine parameters, as a module would hold them."""
-
-    __slots__ = ("running_mean", "running_var", "weight", "bias", "eps")
-
-    def __init__(self, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
-                 bias: Optional[torch.Tensor], eps: float) -> None:
-        self.running_mean, self.running_var, self.weight, self.bias, self.eps = mean, var, weight, bias, eps
-
-    @classmethod
-    def of_call(cls, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional["OpBatchNorm"]:
-        """The batch norm a call computes in eval mode (None: training, or an unknown signature)."""
-        names = (("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
-                 if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) else
-                 ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
-        bound = dict(zip(names, args))
-        bound.update({k: v for k, v in kwargs.items() if k in names})
-        mean, var = bound.get("running_mean"), bound.get("running_var")
-        if bound.get("training") or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
-            return None
-        return cls(mean, var, bound.get("weight"), bound.get("bias"), float(bound.get("eps", 1e-5)))
 
 
 def _batch_norm_of(model: nn.Module, bn: Call) -> Any:

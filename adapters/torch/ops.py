@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["MODULE_OP_TYPES", "FUNCTION_OP_TYPES", "FuncInfo", "classify", "name_of", "op_type_of", "is_known_leaf",
+__all__ = ["MODULE_OP_TYPES", "FUNCTION_OP_TYPES", "FuncInfo", "OpBatchNorm", "classify", "name_of", "op_type_of", "is_known_leaf",
            "param_role", "weight_axis", "module_weight_axis"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -257,3 +257,27 @@ def weight_axis(op: str, role: str, groups: int) -> Optional[int]:
 
 def is_float(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point()
+
+
+class OpBatchNorm:
+    """A batch norm called as a function (``F.batch_norm`` in eval, ``aten.batch_norm`` in a
+    torch.export program): its statistics and affine parameters, as a module would hold them."""
+
+    __slots__ = ("running_mean", "running_var", "weight", "bias", "eps")
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], eps: float) -> None:
+        self.running_mean, self.running_var, self.weight, self.bias, self.eps = mean, var, weight, bias, eps
+
+    @classmethod
+    def of_call(cls, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional["OpBatchNorm"]:
+        """The batch norm a call computes in eval mode (None: training, or an unknown signature)."""
+        names = (("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+                 if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) else
+                 ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
+        bound = dict(zip(names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+        mean, var = bound.get("running_mean"), bound.get("running_var")
+        if bound.get("training") or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+            return None
+        return cls(mean, var, bound.get("weight"), bound.get("bias"), float(bound.get("eps", 1e-5)))
