@@ -31,8 +31,9 @@ def _module() -> Any:
         return importlib.import_module("qa._cuda")
     except ImportError as e:
         raise QAError(
-            "a CUDA array was given but qa was built without its CUDA kernels "
-            "(reinstall with nvcc on PATH, or with QA_CUDA=ON to make a missing compiler an error)"
+            "a CUDA array was given but qa was built without its CUDA kernels (an install builds "
+            "them when it finds nvcc and a GPU; reinstall where both are, or with QA_CUDA=ON to build "
+            "them without a GPU: pip install -v shows the 'qa: CUDA kernels' line saying why)"
         ) from e
 
 

@@ -73,8 +73,8 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 # -- qa demo: the shipped CNN on its shipped images -------------------------------------------------
 
-# What qa/demo/data holds (tests/test_cli_demo.py checks these against qa.demo): known here so that
-# `qa demo` can check its arguments before PyTorch loads.
+# What qa/demo/data holds, known here so that `qa demo` can check its arguments before PyTorch
+# loads (tests/test_cli_demo.py checks them against the shipped file).
 DEMO_CALIBRATION_IMAGES = 500
 DEMO_MSE_BATCH = 64  # images per per-layer MSE batch (Demo.unlabeled_batches)
 DEMO_MSE_BATCHES = -(-DEMO_CALIBRATION_IMAGES // DEMO_MSE_BATCH)  # 8: the most --mse-batches can use
@@ -136,8 +136,8 @@ class _DemoSteps:
         def run(model: Any, data: Any) -> float:
             now = time.perf_counter()
             if self.evaluations == 0:
-                self.say(f"evaluating on {len(data[1]):,} images: FP32, weights only, activations only and fully "
-                         f"quantized, then each layer quantized alone and each left in float")
+                self.say(f"evaluating on {len(data[1]):,} images: FP32, weights only, activations only, fully "
+                         f"quantized, then per-layer sweeps")
                 self._last = now
             elif not self.bars and now - self._last >= DEMO_PROGRESS_EVERY:
                 self.say(f"  {self.evaluations} evaluations done")
