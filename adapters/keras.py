@@ -858,6 +858,22 @@ def _can_expand(layer: Any, kids: List[_Rec], graph_clones: Set[int]) -> bool:
             and all(r.virtual is not None or id(r.layer) not in graph_clones for r in kids))
 
 
+
+
+def _sub_name(parent: Any, sub: Any) -> str:
+    """A sublayer's name inside ``parent``, the same in every clone: its own name when it was
+    given one; an automatic name (``softmax_3``: Keras counts the layers made in the process)
+    becomes the class's base name numbered among the parent's sublayers of that class
+    (``softmax``, ``softmax_1``, ...)."""
+    name = sub.name
+    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(sub).__name__).lower()
+    if name != auto and not re.fullmatch(re.escape(auto) + r"_\d+", name):
+        return name
+    siblings = [s for s in getattr(parent, "_layers", None) or [] if type(s) is type(sub)]
+    k = next((i for i, s in enumerate(siblings) if s is sub), 0)
+    return auto if k == 0 else f"{auto}_{k}"
+
+
 def _sublayer_paths(layer: Any) -> Dict[int, str]:
     """id(sublayer) -> its path inside ``layer`` (``query``, ``block/dense``)."""
     paths: Dict[int, str] = {}
@@ -865,7 +881,7 @@ def _sublayer_paths(layer: Any) -> Dict[int, str]:
     def walk(parent: Any, prefix: str) -> None:
         for sub in getattr(parent, "_layers", None) or []:
             if id(sub) not in paths:
-                paths[id(sub)] = prefix + sub.name
+                paths[id(sub)] = prefix + _sub_name(parent, sub)
                 walk(sub, paths[id(sub)] + "/")
     walk(layer, "")
     return paths
@@ -883,7 +899,8 @@ def _var_owners(layer: Any) -> Dict[int, Tuple[str, Any]]:
         seen.add(id(part))
         for v in list(getattr(part, "_trainable_variables", [])) + list(getattr(part, "_non_trainable_variables", [])):
             owners.setdefault(id(v), (path, part))
-        queue.extend((f"{path}/{sub.name}" if path else sub.name, sub) for sub in getattr(part, "_layers", None) or [])
+        queue.extend((f"{path}/{_sub_name(part, sub)}" if path else _sub_name(part, sub), sub)
+                     for sub in getattr(part, "_layers", None) or [])
     return owners
 
 
@@ -1471,7 +1488,7 @@ class KerasAdapter(Adapter):
         """A new call of sublayer ``layer`` of ``top`` (or of an attention-core point), numbered per sublayer."""
         key = (id(layer), virtual[0] if virtual else None)
         if key not in self._child_names:
-            base = top.base if layer is top.clone else f"{top.base}/{paths.get(id(layer), layer.name)}"
+            base = top.base if layer is top.clone else f"{top.base}/{paths.get(id(layer)) or _sub_name(top.clone, layer)}"
             self._child_names[key] = f"{base}/{virtual[0]}" if virtual else base
         index = self._child_counts.get(key, 0)
         self._child_counts[key] = index + 1

@@ -278,3 +278,22 @@ def test_an_operation_reading_a_layer_variable_shares_its_quantizer():
     sim.set_active(())
     np.testing.assert_array_equal(_np(emb.embeddings), table)  # the user's variables are never written
     np.testing.assert_array_equal(_np(free), free_values)
+
+
+def test_sublayer_names_are_the_same_in_every_analysis():
+    """Keras numbers automatic layer names per process (softmax_1, softmax_2, ...); qa names the
+    sublayers of a layer so that two analyses of the same model name every layer the same."""
+    import numpy as np
+
+    import keras
+    from qa.adapters.keras import KerasAdapter
+
+    def make():
+        i = keras.Input((5, 8))
+        h = keras.layers.MultiHeadAttention(2, 4, name="mha")(i, i)
+        return keras.Model(i, keras.layers.Dense(2, name="out")(h))
+
+    names = [[layer.name for layer in KerasAdapter(make(), np.zeros((1, 5, 8), np.float32)).graph.layers]
+             for _ in range(3)]
+    assert names[0] == names[1] == names[2]
+    assert "mha/softmax" in names[0]
