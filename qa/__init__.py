@@ -16,14 +16,15 @@ from ._version import __version__
 from .errors import QACallbackError, QAError, QAValueError
 
 __all__ = ["__version__", "QuantAnalyzer", "CallbackFunc", "QuantScheme", "AnalysisResult", "QuantSim",
-           "QAError", "QAValueError", "QACallbackError", "kernels"]
+           "QAError", "QAValueError", "QACallbackError", "RayExecutor", "kernels"]
 
 _LAZY = {"QuantAnalyzer": ".analyzer", "AnalysisResult": ".analyzer", "CallbackFunc": ".sim",
-         "QuantScheme": ".sim", "QuantSim": ".sim"}
+         "QuantScheme": ".sim", "QuantSim": ".sim", "RayExecutor": ".executors"}
 
 
 def __getattr__(name: str) -> Any:
-    # Submodules load the C++ extension; import them on first use.
+    # Submodules load the C++ extension; import them on first use (qa.executors imports Ray
+    # only when a RayExecutor is made).
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     if name == "kernels":

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Un
 
 from ._progress import Progress
 from .errors import QACallbackError, QAError, QAValueError
+from .executors import Executor, evaluate_layer, resolve_executor
 from .graph import PARAM
 from .observers import ErrorStats, Histogram
 from .adapters import adapter_class
@@ -268,6 +269,7 @@ class QuantAnalyzer:
         self.forward_pass_callback = as_callback(forward_pass_callback, "forward_pass_callback")
         self.eval_callback = as_callback(eval_callback, "eval_callback")
         self.adapter = _make_adapter(model, dummy_input, modules_to_ignore)
+        self._model_args = (model, dummy_input, modules_to_ignore)  # what analyze(executor="ray") ships to workers
         self.forward_fn = forward_fn
         self.progress = progress
         self.memoize = True  # per-layer sweeps replay what cannot have changed (analyze(memoize=...))
@@ -349,27 +351,42 @@ class QuantAnalyzer:
         return fp32, weights, acts
 
     def _sweep(self, sim: QuantSim, results: Optional[ResultsDir], enable: bool,
-               done: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+               done: Optional[Dict[str, float]] = None, executor: Optional[Executor] = None) -> Dict[str, float]:
         """Score every layer with only its quantizers on (enable) or off; ``done`` holds scores a
-        previous run of the same fingerprint finished. Each finished layer is written at once."""
+        previous run of the same fingerprint finished. Each finished layer is written at once.
+        ``executor`` evaluates the layers elsewhere (a Ray cluster): same scores, same files."""
         what = "enabling" if enable else "disabling"
         file = "per_layer_quant_enabled.json" if enable else "per_layer_quant_disabled.json"
         everything = sim.enabled
         layers = [layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)]
         done = done or {}
         scores: Dict[str, float] = {}
+        if executor is not None:
+            todo = [name for name in layers if name not in done]
+            with Progress(len(layers), f"per-layer {what}", self.progress) as bar:
+                bar.update(len(layers) - len(todo))
+
+                def finished(name: str, score: float) -> None:  # in any order; written in layer order
+                    scores[name] = score
+                    if results is not None:
+                        results.write_json({n: scores[n] if n in scores else done[n] for n in layers
+                                            if n in scores or n in done}, file)
+                    bar.update(note=name)
+                executor.sweep(self, sim, todo, enable, finished)
+            missing = [name for name in todo if name not in scores]
+            if missing:
+                raise QAError(f"the executor {executor!r} left {len(missing)} layer(s) unscored: {missing[:5]}")
+            scores = {name: scores[name] if name in scores else done[name] for name in layers}
+            if results is not None:
+                results.write_json(scores, file)
+            return scores
         memo = self.adapter.memoized(self.memo_memory_budget) if self.memoize else contextlib.nullcontext()
         with Progress(len(layers), f"per-layer {what}", self.progress) as bar, memo as focus:
             for name in layers:
                 if name in done:
                     scores[name] = done[name]
                 else:
-                    own = sim.layer_quantizers(name)
-                    if focus is not None:
-                        focus(own)  # what differs from the sweep's reference (nothing on / everything on)
-                    sim.set_active(own if enable else everything - own)
-                    scores[name] = sim.evaluate(
-                        self.eval_callback, f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
+                    scores[name] = evaluate_layer(sim, self.eval_callback, name, enable, focus, everything)
                     if results is not None:  # on disk as soon as it is known: a killed run keeps it
                         results.write_json(scores, file)
                 bar.update(note=name)
@@ -546,7 +563,8 @@ class QuantAnalyzer:
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
                 percentile: float = 99.99, rounding: str = "half_even",
                 rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float",
-                memoize: bool = True, memo_memory_budget: int = DEFAULT_MEMO_BUDGET) -> AnalysisResult:
+                memoize: bool = True, memo_memory_budget: int = DEFAULT_MEMO_BUDGET,
+                executor: Union[None, str, Executor] = None) -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -575,6 +593,9 @@ class QuantAnalyzer:
                 run in full). ``False`` evaluates everything in full.
             memo_memory_budget: bytes the remembered tensors may take (default 1 GiB); a batch
                 that would exceed it is evaluated in full.
+            executor: where the per-layer sweeps run: None or "local" (here), "ray", or a
+                ``qa.RayExecutor(address=..., num_workers=..., num_gpus_per_worker=...)`` to spread
+                the layers over a Ray cluster (same scores and files; :mod:`qa.executors`).
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -590,6 +611,7 @@ class QuantAnalyzer:
         if int(memo_memory_budget) < 0:
             raise QAValueError(f"memo_memory_budget must be a number of bytes >= 0, got {memo_memory_budget!r}")
         self.memoize, self.memo_memory_budget = bool(memoize), int(memo_memory_budget)
+        executor = resolve_executor(executor)  # executor="ray" without Ray fails here, before any work
         results = ResultsDir(results_dir)  # an unwritable folder fails here, before any work
         scheme = QuantScheme.parse(quant_scheme)
         result = AnalysisResult(results.root, scheme.value, int(default_param_bw), int(output_bw))
@@ -624,10 +646,10 @@ class QuantAnalyzer:
                 self._check_mse_data(sim)
             timed("sensitivity", lambda: self._scores(sim, result, results, reuse))
             result.per_layer_quant_enabled = timed("per_layer_enabled", lambda: self._sweep(
-                sim, results, True, reuse.sweeps.get("per_layer_quant_enabled")))
+                sim, results, True, reuse.sweeps.get("per_layer_quant_enabled"), executor))
             self._write_summary(results, result)
             result.per_layer_quant_disabled = timed("per_layer_disabled", lambda: self._sweep(
-                sim, results, False, reuse.sweeps.get("per_layer_quant_disabled")))
+                sim, results, False, reuse.sweeps.get("per_layer_quant_disabled"), executor))
             result.reused_evaluations = reuse.evaluations
             if reuse.evaluations:
                 log.info("resumed: %d finished evaluation(s) of an earlier run with the same model, settings and qa "
@@ -650,6 +672,8 @@ class QuantAnalyzer:
             result.status, result.error = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
+            if executor is not None:
+                executor.close()  # the workers go, however the run ends
             self.adapter.activate(FLOAT)  # leave the analysis copy in float
             try:
                 self._write_summary(results, result)
