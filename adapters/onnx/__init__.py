@@ -20,6 +20,11 @@ for every activation quantizer the simulation can turn on (``ActiveSet.chain``);
 variant that adds every layer output as a graph output, for calibration and per-layer MSE, which
 stream one batch at a time.
 
+Memoized sweeps (``memoized``, :mod:`.memo`): per eval batch, the tensors that cross the cut in
+front of the first node a layer's quantizers touch are remembered, and later evaluations of the
+batch run a session of the nodes from there on (built lazily, where it pays off), bit-identical
+to the full session.
+
 The callbacks receive a :class:`QuantSimSession`, which behaves like an
 ``onnxruntime.InferenceSession`` (``run``, ``get_inputs``, ``get_outputs``) and computes the
 model under the current quantization setting.
@@ -57,8 +62,9 @@ What is a layer (key names as AIMET's ONNX QuantAnalyzer: the node name):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -71,8 +77,11 @@ from ...errors import QAValueError
 from ...graph import OUTPUT, Quantizer
 from .feeds import Feeds
 from .load import load_model, upgrade_opset, without_graph
+from .memo import Memo, Plan
 from .passes import prepare
-from .session import QuantSimSession, Runner, build_model, make_session
+from .session import QuantSimSession, Runner, build_model, make_session, session_options
+
+log = logging.getLogger("qa.adapters.onnx")
 
 __all__ = ["OnnxAdapter", "QuantSimSession", "load_model"]
 
@@ -142,6 +151,9 @@ class OnnxAdapter(Adapter):
             else:
                 self._observed_inputs[q.name] = point.src
         self._runners: Dict[Tuple[str, bool, FrozenSet[str]], Runner] = {}  # (rounding, tap, chained)
+        self._plans: Dict[Tuple[str, FrozenSet[str]], Plan] = {}  # memoized sweeps: per (rounding, chained)
+        self._memo: Optional[Memo] = None
+        self._seen_batches: Set[str] = set()  # batch hashes memoized sweeps saw
         self._bind_neutral()
         self.model = QuantSimSession(self)
         self._check_dummy_input(dummy_input)
@@ -186,20 +198,24 @@ class OnnxAdapter(Adapter):
 
     # -- sessions --
 
-    def _runner(self, tap: bool) -> Runner:
-        """The session for the current setting: without any quantizer chain while no activation
-        quantizer is on (FP32, weights only, calibration), else with a chain for every activation
-        quantizer the simulation can turn on. Sessions are built once per kind and kept."""
+    def _variant(self) -> Tuple[str, FrozenSet[str]]:
+        """The session kind for the current setting, (rounding, chained quantizers): no quantizer
+        chain while no activation quantizer is on (FP32, weights only, calibration), else a chain
+        for every activation quantizer the simulation can turn on."""
         active = self._active
         if active.activations:
             chained = frozenset(n for n in active.chain | frozenset(active.activations) if n in self._points)
         else:
             chained = frozenset()
         rounding = "half_away" if chained and active.rounding in ("half_away", "half_away_from_zero") else "half_even"
+        return rounding, chained
+
+    def _runner(self, tap: bool) -> Runner:
+        """The session for the current setting (see ``_variant``); built once per kind and kept."""
+        rounding, chained = self._variant()
         key = (rounding, tap, chained)
         if key not in self._runners:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
+            options = session_options()
             tensors = [t for _, _, t in self._captures] if tap else []
             model = build_model(self._prep, self._meta, chained, rounding, tensors)
             self._runners[key] = Runner(make_session(model, options, self._source, self._keep), self._values)
@@ -244,6 +260,9 @@ class OnnxAdapter(Adapter):
         fetch = list(names)
         if tap:
             fetch += [t for _, _, t in self._captures if t not in fetch]
+        if self._memo is not None and not tap:
+            return self._memo.run(feeds, names, run_options,
+                                  lambda: self._runner(False).run(self._values, feeds, names, run_options))
         results = dict(zip(fetch, self._runner(tap).run(self._values, feeds, fetch, run_options)))
         if observers is not None:
             for qname, tensor in self._observed_outputs.items():
@@ -297,6 +316,41 @@ class OnnxAdapter(Adapter):
             self._set(point.inputs[4], self._false if values is None else self._true)
         self._active = active
 
+    @contextlib.contextmanager
+    def memoized(self, budget: int) -> Iterator[Callable[[Iterable[str]], None]]:
+        """Within the block (one sweep), evaluations of a batch seen before run only the nodes from
+        the first one the differing quantizers touch (:mod:`.memo`); call the yielded function with
+        those quantizers before each evaluation. ``budget``: bytes of remembered tensors."""
+        memo = Memo(self._plan, self._values, int(budget), self._seen_batches)
+        self._memo = memo
+        try:
+            yield memo.focus
+        finally:
+            self._memo = None
+            for plan in self._plans.values():  # their arenas hold the peak activations of their suffixes
+                plan.runners.clear()
+            log.info("memoized sweep: %s", memo.stats())
+
+    def _plan(self) -> Optional[Plan]:
+        """The memo plan of the current session kind (None: its evaluations run in full)."""
+        key = self._variant()
+        if key not in self._plans:
+            rounding, chained = key
+            model = build_model(self._prep, self._meta, chained, rounding, [])
+            switches = {p.input: name for name, p in self._prep.params.items()}
+            types = dict(self._prep.types)
+            for point in self._prep.points:
+                types.setdefault(point.src, point.elem_type)
+                types.setdefault(point.dst, point.elem_type)
+                if point.quantizer in chained:
+                    switches.update((name, point.quantizer) for name in point.inputs)
+            plan = Plan(key, model, switches, self._feeds.names, types, self._source, self._keep)
+            if plan.problem:
+                log.info("memoized sweeps: %s: %s; its evaluations run in full", self._source, plan.problem)
+            self._plans[key] = plan
+        plan = self._plans[key]
+        return None if plan.problem else plan
+
     def run(self, inputs: Any) -> List[np.ndarray]:
         """One run of the analysis copy on model inputs ({name: array}, an array, or a tuple)."""
         return self._run_feeds(None, self._feeds.from_inputs(inputs, "inputs"), None, "inputs")
@@ -306,6 +360,7 @@ class OnnxAdapter(Adapter):
 
     def close(self) -> None:
         self._runners.clear()
+        self._plans.clear()
         for tmp in self._keep:
             tmp.cleanup()
         self._keep = []

@@ -19,12 +19,26 @@ from .work import Point, Prepared
 if TYPE_CHECKING:
     from . import OnnxAdapter
 
-__all__ = ["QuantSimSession", "Runner", "make_session", "probe_types", "build_model"]
+__all__ = ["QuantSimSession", "Runner", "make_session", "session_options", "probe_types", "build_model"]
 
 _ORT_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16,
               "tensor(double)": TensorProto.DOUBLE, "tensor(bfloat16)": TensorProto.BFLOAT16,
               "tensor(int64)": TensorProto.INT64, "tensor(int32)": TensorProto.INT32,
               "tensor(int8)": TensorProto.INT8, "tensor(uint8)": TensorProto.UINT8, "tensor(bool)": TensorProto.BOOL}
+
+
+def session_options() -> Any:
+    """The options of every session that runs the analysis copy (full or, in memoized sweeps, from
+    a cut): the same everywhere, so that the same nodes compute the same bits. onnxruntime's
+    default graph optimizations stay on (:mod:`.memo` keeps fused groups whole in its suffixes
+    and checks that they are optimized as in the full model)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # The engine alternates between sessions (FP32 or weights only, with quantizer chains, the
+    # suffixes of memoized sweeps): worker threads that busy-wait after a run take the cores
+    # the next session's run needs. Numerics are unaffected (same threads, same work split).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def make_session(model: onnx.ModelProto, options: Any, source: str, keep: Optional[List[Any]] = None) -> Any:
@@ -112,17 +126,21 @@ def _wired_through(node: onnx.NodeProto, points: List[Point]) -> onnx.NodeProto:
 
 
 def _chained_nodes(prep: Prepared, chained: FrozenSet[str], rounding: str) -> List[onnx.NodeProto]:
-    points = [p for p in prep.points if p.quantizer in chained]
-    nodes = [n for p in points if p.is_input for n in _chain(p, rounding)]
+    """The nodes in order, each input quantizer's chain just before the node that reads it and each
+    output quantizer's just after the node that makes it (memoized sweeps cut in front of the
+    first node a quantizer touches: the later that is, the more they skip)."""
+    before: Dict[str, List[onnx.NodeProto]] = {}
     after: Dict[str, List[onnx.NodeProto]] = {}
-    for p in points:
-        if not p.is_input:
-            after.setdefault(p.node, []).extend(_chain(p, rounding))
+    for p in prep.points:
+        if p.quantizer in chained:
+            (before if p.is_input else after).setdefault(p.node, []).extend(_chain(p, rounding))
     rewire: Dict[str, List[Point]] = {}
     for p in prep.points:
         if p.quantizer not in chained:
             rewire.setdefault(p.node, []).append(p)
+    nodes: List[onnx.NodeProto] = []
     for node in prep.nodes:
+        nodes.extend(before.get(node.name, ()))
         if node.name in rewire:
             node = _wired_through(node, rewire[node.name])
         nodes.append(node)
