@@ -189,8 +189,9 @@ def _analyze_torch(net, data, results, **kwargs):
         return analyzer.analyze(results_dir=results, **kwargs)
 
 
-def _compare_with_torch(r_onnx, r_torch):
-    """Same scores (within SCORE_RTOL), same layers in both sweeps, same top-3."""
+def _compare_with_torch(r_onnx, r_torch, torch_name=torch_module_of):
+    """Same scores (within SCORE_RTOL), same layers in both sweeps, same top-3 (ONNX node names
+    mapped to torch layer names by ``torch_name``)."""
     pairs = [(r_onnx.fp32_score, r_torch.fp32_score), (r_onnx.weight_quantized_score, r_torch.weight_quantized_score),
              (r_onnx.activation_quantized_score, r_torch.activation_quantized_score),
              (r_onnx.quantized_score, r_torch.quantized_score)]
@@ -198,13 +199,13 @@ def _compare_with_torch(r_onnx, r_torch):
     for (a, b), what in zip(pairs, ("fp32", "weights", "activations", "all")):
         assert_close_scores(a, b, scale, what)
     for sweep in ("per_layer_quant_enabled", "per_layer_quant_disabled", "per_layer_mse"):
-        onnx_scores = {torch_module_of(k): v for k, v in getattr(r_onnx, sweep).items()}
+        onnx_scores = {torch_name(k): v for k, v in getattr(r_onnx, sweep).items()}
         torch_scores = getattr(r_torch, sweep)
         assert set(onnx_scores) == set(torch_scores), sweep
         scale = max(abs(v) for v in list(onnx_scores.values()) + list(torch_scores.values()))
         for layer, v in torch_scores.items():
             assert_close_scores(onnx_scores[layer], v, scale, f"{sweep}[{layer}]")
-    assert [torch_module_of(n) for n in r_onnx.most_sensitive_layers(3)] == r_torch.most_sensitive_layers(3)
+    assert [torch_name(n) for n in r_onnx.most_sensitive_layers(3)] == r_torch.most_sensitive_layers(3)
 
 
 def test_cnn_agrees_with_pytorch(tmp_path):
@@ -280,21 +281,8 @@ def torch_layer_of(node_name, torch_layers):
 
 def _compare_op_layers(r_onnx, r_torch):
     """Same scores, same swept layers (ONNX node names mapped to torch op layer names), same top 3."""
-    pairs = [(r_onnx.fp32_score, r_torch.fp32_score), (r_onnx.weight_quantized_score, r_torch.weight_quantized_score),
-             (r_onnx.activation_quantized_score, r_torch.activation_quantized_score),
-             (r_onnx.quantized_score, r_torch.quantized_score)]
-    scale = max(abs(v) for pair in pairs for v in pair)
-    for (a, b), what in zip(pairs, ("fp32", "weights", "activations", "all")):
-        assert_close_scores(a, b, scale, what)
     names = set(r_torch.per_layer_mse)
-    for sweep in ("per_layer_quant_enabled", "per_layer_quant_disabled", "per_layer_mse"):
-        onnx_scores = {torch_layer_of(k, names): v for k, v in getattr(r_onnx, sweep).items()}
-        torch_scores = getattr(r_torch, sweep)
-        assert set(onnx_scores) == set(torch_scores), sweep
-        scale = max(abs(v) for v in list(onnx_scores.values()) + list(torch_scores.values()))
-        for layer, v in torch_scores.items():
-            assert_close_scores(onnx_scores[layer], v, scale, f"{sweep}[{layer}]")
-    assert [torch_layer_of(n, names) for n in r_onnx.most_sensitive_layers(3)] == r_torch.most_sensitive_layers(3)
+    _compare_with_torch(r_onnx, r_torch, lambda node: torch_layer_of(node, names))
 
 
 def _functional_block():
