@@ -295,7 +295,7 @@ class RayExecutor(Executor):
         kwargs.update(self.init_kwargs)
         if self.runtime_env is not None:
             kwargs["runtime_env"] = self.runtime_env
-        ray.init(address=self.address, **kwargs)
+        _init_with_installed_qa_first(ray, self.address, kwargs)
         self._started_ray = True
         log.info("connected to Ray (%s)", self.address or "a new local cluster")
         return ray
@@ -695,3 +695,24 @@ def _where() -> Dict[str, Any]:
         info["ip"] = ray.util.get_node_ip_address()
         info["gpus"] = list(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
     return info
+
+
+def _init_with_installed_qa_first(ray: Any, address: Optional[str], kwargs: Dict[str, Any]) -> None:
+    """``ray.init`` such that workers import the qa this process runs, not a ``qa/`` folder in the
+    current directory (a source checkout, where the compiled core and the adapters are not).
+
+    Ray puts the driver's current directory first on the workers' ``sys.path``. Here the folder
+    holding the installed qa goes before it (the current directory stays on the path, for the
+    user's own modules): this process's directory is listed in the job's driver paths and Ray
+    is initialised from the installed qa's folder, so that it is the last path Ray inserts."""
+    import qa
+
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(qa.__file__)))
+    here = os.getcwd()
+    if "job_config" not in kwargs and not str(address or "").startswith("ray://"):
+        kwargs["job_config"] = ray.job_config.JobConfig(_py_driver_sys_path=[here])
+    try:
+        os.chdir(installed)
+        ray.init(address=address, **kwargs)
+    finally:
+        os.chdir(here)

@@ -41,7 +41,12 @@ SWEEPS = ("per_layer_quant_enabled", "per_layer_quant_disabled")
 def cluster():
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # as RayExecutor starts Ray: the workers import the installed qa, not the source checkout this
+    # test suite runs in (Ray puts the driver's current directory first on the workers' path)
+    from qa.executors import _init_with_installed_qa_first
+
+    _init_with_installed_qa_first(ray, None, dict(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                                                  logging_level=logging.WARNING))
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
