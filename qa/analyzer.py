@@ -86,6 +86,7 @@ class AnalysisResult:
     error: Optional[str] = None
     fingerprint: Optional[str] = None
     reused_evaluations: int = 0
+    recommendation: Optional[Any] = field(default=None, repr=False)  # a qa.recommend.Recommendation
 
     def most_sensitive_layers(self, k: int = 3) -> List[str]:
         """Layers whose quantization costs the most: the larger of the loss when only the layer is
@@ -103,6 +104,7 @@ class AnalysisResult:
         ``nonfinite_scores``; ``files``: exactly this run's files, relative to the folder)."""
         data = asdict(self)
         data["schema_version"] = SUMMARY_SCHEMA_VERSION
+        data["recommendation"] = self.recommendation.brief() if self.recommendation is not None else None
         data["most_sensitive_layers"] = self.most_sensitive_layers(5)
         data["nonfinite_scores"] = nonfinite_scores(self)
         data["files"] = sorted({p.relative_to(self.results_dir).as_posix() for p in self.files} | {"summary.json"})
@@ -564,7 +566,8 @@ class QuantAnalyzer:
                 percentile: float = 99.99, rounding: str = "half_even",
                 rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float",
                 memoize: bool = True, memo_memory_budget: int = DEFAULT_MEMO_BUDGET,
-                executor: Union[None, str, Executor] = None) -> AnalysisResult:
+                executor: Union[None, str, Executor] = None, recommend: bool = False,
+                target: Any = None) -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -593,6 +596,13 @@ class QuantAnalyzer:
                 run in full). ``False`` evaluates everything in full.
             memo_memory_budget: bytes the remembered tensors may take (default 1 GiB); a batch
                 that would exceed it is evaluated in full.
+            recommend: after the sweeps, try the remedies for the top culprits (per-channel
+                weights, higher bitwidths, the other scheme, float) and a smallest combined plan
+                within ``target`` of FP32, each measured (:func:`qa.recommend.recommend`);
+                writes ``recommendation.json`` and ``recommended_config.json`` (a quantsim
+                config) and a "Verified fixes" dashboard section.
+            target: how close to FP32 the plan must get: a float (relative, default 0.01),
+                ``{"relative": r}`` or ``{"absolute": a}`` (scores: higher is better).
             executor: where the per-layer sweeps run: None or "local" (here), "ray", or a
                 ``qa.RayExecutor(address=..., num_workers=..., num_gpus_per_worker=...)`` to spread
                 the layers over a Ray cluster (same scores and files; :mod:`qa.executors`).
@@ -611,6 +621,9 @@ class QuantAnalyzer:
         if int(memo_memory_budget) < 0:
             raise QAValueError(f"memo_memory_budget must be a number of bytes >= 0, got {memo_memory_budget!r}")
         self.memoize, self.memo_memory_budget = bool(memoize), int(memo_memory_budget)
+        if recommend:
+            from .recommend import parse_target, recommend as _recommend
+            parse_target(target)  # a bad target fails here, before any work
         executor = resolve_executor(executor)  # executor="ray" without Ray fails here, before any work
         results = ResultsDir(results_dir)  # an unwritable folder fails here, before any work
         scheme = QuantScheme.parse(quant_scheme)
@@ -665,6 +678,9 @@ class QuantAnalyzer:
                 result.per_layer_sqnr_db = dict(self._sqnr)
                 result.per_layer_local_mse = dict(self._local_mse)
                 result.per_layer_local_sqnr_db = dict(self._local_sqnr)
+            if recommend:  # needs both sweeps' ranking; writes recommendation.json and the config
+                result.recommendation = timed("recommendation", lambda: _recommend(
+                    self, sim, result, target=target, results=results, report=False))
             result.problems += _score_problems(result)
             result.status = "complete"
         except BaseException as e:  # also KeyboardInterrupt: what finished is kept and said so

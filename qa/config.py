@@ -48,6 +48,23 @@ the listed integer kernels it is kept, else the first integer kernel's bitwidths
 (AIMET's enforced-kernel rule; op-level kernels apply to that op's activations too, which
 makes per-op low-bit experiments possible). Float kernels are not simulated and are skipped.
 
+Per-layer overrides (qa extension): a top-level ``layers`` section maps a layer's name (as qa
+names it: ``conv1``, ``layer1.0/add``, an ONNX node's name) to an entry of the same form as an
+``op_type`` entry, which beats the ``op_type`` entry of that layer for every key it sets, and
+whose ``is_output_quantized`` / ``is_input_quantized`` also beat supergroups, ``model_input`` and
+``model_output``. Bitwidths are set AIMET's way, through ``supported_kernels``; an entry may also
+set ``quant_scheme`` ("tf", "tf_enhanced", "percentile") for the layer's quantizers (its
+activations and the parameters it owns). A parameter's settings are read from the entry of the
+layer that owns it. A name that is no layer of the model is warned about. AIMET has no per-layer
+section in its config files; :mod:`qa.recommend` writes its plans this way::
+
+    {"layers": {"dwconv": {"params": {"weight": {"per_channel_quantization": "True"}}},
+                "fc": {"supported_kernels": [{"activation": {"bitwidth": 8, "dtype": "int"},
+                                              "param": {"bitwidth": 8, "dtype": "int"}}]},
+                "conv2": {"is_output_quantized": "False", "params": {"weight": {"is_quantized": "False"}}}}}
+
+:func:`dump_config` writes a parsed config back as such a dict.
+
 Data movement, one policy for every framework: ops whose output holds (a subset or a
 rearrangement of) the values of their input (:data:`GRID_PRESERVING`: Reshape, Transpose,
 Flatten, Squeeze, Unsqueeze, Identity, Dropout, Expand, Slice, Split, Tile, DepthToSpace,
@@ -68,10 +85,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ._arrays import check_bitwidth
 from .errors import QAValueError
-from .graph import OUTPUT, PARAM, Layer, QuantGraph
+from .graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph
 
 __all__ = ["DEFAULT_CONFIG", "GRID_PRESERVING", "ParamConfig", "OpConfig", "Kernel", "QuantsimConfig", "load_config",
-           "apply_config"]
+           "apply_config", "dump_config", "SCHEMES"]
 
 _NO_OUTPUT_QUANTIZER = ("Cast", "Dropout", "Expand", "Gather", "Mean", "Pad", "Squeeze")
 GRID_PRESERVING = frozenset({
@@ -124,6 +141,7 @@ class OpConfig:
     per_channel_quantization: Optional[bool] = None
     params: Dict[str, ParamConfig] = field(default_factory=dict)
     supported_kernels: Tuple[Kernel, ...] = ()
+    quant_scheme: Optional[str] = None  # qa extension, ``layers`` entries only
 
 
 @dataclass
@@ -141,16 +159,19 @@ class QuantsimConfig:
     supergroups: List[Tuple[str, ...]] = field(default_factory=list)
     model_input: Optional[bool] = None
     model_output: Optional[bool] = None
+    layers: Dict[str, OpConfig] = field(default_factory=dict)  # qa extension: per-layer overrides
 
 
 # --------------------------------------------------------------------------- loading
 
-_TOP_KEYS = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output")
+_TOP_KEYS = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output", "layers")
+SCHEMES = ("tf", "tf_enhanced", "percentile")
 _DEFAULTS_KEYS = ("ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
                   "supported_kernels")
 _OP_FLAGS = ("is_output_quantized", "is_input_quantized", "is_symmetric", "per_channel_quantization")
 _OP_KEYS = _OP_FLAGS + ("params", "supported_kernels")
 _PARAM_KEYS = ("is_quantized", "is_symmetric", "per_channel_quantization")  # the last: qa extension
+_LAYER_KEYS = _OP_KEYS + ("quant_scheme",)  # qa extension
 
 
 class _Parser:
@@ -263,6 +284,19 @@ class _Parser:
             mo = self.obj(d["model_output"], "model_output", ("is_output_quantized",))
             cfg.model_output = self.bools(mo, "model_output", ("is_output_quantized",)).get(
                 "is_output_quantized")
+        if "layers" in d:
+            cfg.layers = {str(n): self.layer(v, f"layers[{json.dumps(str(n))}]")
+                          for n, v in self.mapping(d["layers"], "layers").items()}
+        return cfg
+
+    def layer(self, value: Any, path: str) -> OpConfig:
+        d = self.obj(value, path, _LAYER_KEYS)
+        cfg = self.op(d, path)
+        if "quant_scheme" in d:
+            if d["quant_scheme"] not in SCHEMES:
+                raise self.fail(f"{path}.quant_scheme", f"expected one of {', '.join(SCHEMES)}, "
+                                                        f"got {d['quant_scheme']!r:.80}")
+            cfg.quant_scheme = d["quant_scheme"]
         return cfg
 
     def parse(self, value: Any) -> QuantsimConfig:
@@ -388,32 +422,44 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
     strict = _first(config.strict_symmetric, False)
     unsigned = _first(config.unsigned_symmetric, True)
     configured = set()  # a parameter shared by several layers is set once, by the layer that owns it
+    unknown = [name for name in config.layers if name not in graph]
+    if unknown:
+        warnings.warn(f"quantsim config: layers: {', '.join(repr(n) for n in unknown[:10])} "
+                      f"{'is no layer' if len(unknown) == 1 else 'are no layers'} of this model; ignored",
+                      UserWarning, stacklevel=2)
     for layer in graph.layers:
         op = config.op_types.get(layer.op_type, _NO_OP)
-        act_bw, par_bw = _pick_kernel(op.supported_kernels, base)
-        weight_pc = _first(op.per_channel_quantization, defaults.per_channel_quantization, False)
+        own = config.layers.get(layer.name, _NO_OP)  # qa extension: beats op_type
+        act_bw, par_bw = _pick_kernel(own.supported_kernels or op.supported_kernels, base)
+        weight_pc = _first(own.per_channel_quantization, op.per_channel_quantization,
+                           defaults.per_channel_quantization, False)
         for q in layer.quantizers:
             if q.name in configured or (q.layer != layer.name and q.layer in graph):
                 continue
             configured.add(q.name)
             q.strict, q.unsigned_symmetric = strict, unsigned
+            q.scheme = own.quant_scheme
             if q.kind == PARAM:
+                mine = own.params.get(q.param or "", _NO_PARAM)
                 local = op.params.get(q.param or "", _NO_PARAM)
                 glob = config.param_types.get(q.param or "", _NO_PARAM)
                 q.bitwidth = par_bw
-                q.enabled = _first(local.is_quantized, glob.is_quantized, dparams.is_quantized, True)
-                q.symmetric = _first(local.is_symmetric, glob.is_symmetric, dparams.is_symmetric, True)
+                q.enabled = _first(mine.is_quantized, local.is_quantized, glob.is_quantized, dparams.is_quantized,
+                                   True)
+                q.symmetric = _first(mine.is_symmetric, local.is_symmetric, glob.is_symmetric,
+                                     dparams.is_symmetric, True)
                 q.per_channel = q.axis is not None and _first(
-                    local.per_channel_quantization, glob.per_channel_quantization,
+                    mine.per_channel_quantization, local.per_channel_quantization, glob.per_channel_quantization,
                     weight_pc and q.param != "bias")
                 continue
             q.bitwidth, q.per_channel = act_bw, False
-            q.symmetric = _first(op.is_symmetric, defaults.is_symmetric, False)
+            q.symmetric = _first(own.is_symmetric, op.is_symmetric, defaults.is_symmetric, False)
             if q.kind == OUTPUT:
                 moves_data = False if layer.op_type in GRID_PRESERVING else None
-                q.enabled = _first(op.is_output_quantized, moves_data, defaults.is_output_quantized, True)
+                q.enabled = _first(own.is_output_quantized, op.is_output_quantized, moves_data,
+                                   defaults.is_output_quantized, True)
             else:
-                q.enabled = _first(op.is_input_quantized, defaults.is_input_quantized, False)
+                q.enabled = _first(own.is_input_quantized, op.is_input_quantized, defaults.is_input_quantized, False)
                 if layer.model_input and config.model_input is not None:
                     q.enabled = config.model_input
     for chain in _supergroup_chains(graph, config.supergroups):
@@ -427,3 +473,76 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
                 for q in layer.quantizers:
                     if q.kind == OUTPUT:
                         q.enabled = config.model_output
+    for name, own in config.layers.items():  # a layer's own switches beat supergroups and model input/output
+        if name not in graph:
+            continue
+        for q in graph[name].quantizers:
+            if q.kind == OUTPUT and own.is_output_quantized is not None:
+                q.enabled = own.is_output_quantized
+            elif q.kind == INPUT and own.is_input_quantized is not None:
+                q.enabled = own.is_input_quantized
+
+
+def _flag(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def _dump_flags(cfg: Any, keys: Tuple[str, ...]) -> Dict[str, Any]:
+    return {k: _flag(getattr(cfg, k)) for k in keys if getattr(cfg, k) is not None}
+
+
+def _dump_kernels(kernels: Tuple[Kernel, ...]) -> List[Dict[str, Any]]:
+    return [{"activation": {"bitwidth": k.activation_bw, "dtype": k.activation_dtype},
+             "param": {"bitwidth": k.param_bw, "dtype": k.param_dtype}} for k in kernels]
+
+
+def _dump_op(cfg: OpConfig) -> Dict[str, Any]:
+    out = _dump_flags(cfg, _OP_FLAGS)
+    if cfg.params:
+        out["params"] = {n: _dump_flags(p, _PARAM_KEYS) for n, p in cfg.params.items()}
+    if cfg.supported_kernels:
+        out["supported_kernels"] = _dump_kernels(cfg.supported_kernels)
+    if cfg.quant_scheme is not None:
+        out["quant_scheme"] = cfg.quant_scheme
+    return out
+
+
+def dump_config(config: QuantsimConfig) -> Dict[str, Any]:
+    """A parsed config as a JSON-ready dict in the quantsim config format: what ``load_config``
+    reads back into an equal config (booleans as AIMET's "True" / "False" strings; keys that
+    were not set are left out, so that they keep their defaults).
+
+    Args:
+        config: from :func:`load_config`.
+
+    Returns:
+        The config as a dict (``json.dump`` it to get a config file).
+
+    Example:
+        >>> cfg = load_config({"defaults": {"ops": {"is_output_quantized": "True"}, "params": {}},
+        ...                    "layers": {"fc": {"quant_scheme": "tf", "params": {"weight": {"is_quantized": False}}}}})
+        >>> dump_config(cfg)["layers"]
+        {'fc': {'params': {'weight': {'is_quantized': 'False'}}, 'quant_scheme': 'tf'}}
+        >>> load_config(dump_config(cfg)) == cfg
+        True
+    """
+    defaults: Dict[str, Any] = {"ops": _dump_flags(config.defaults, _OP_FLAGS[:3]),
+                                "params": _dump_flags(config.default_params, _PARAM_KEYS[:2])}
+    for key, value in (("strict_symmetric", config.strict_symmetric),
+                       ("unsigned_symmetric", config.unsigned_symmetric),
+                       ("per_channel_quantization", config.defaults.per_channel_quantization)):
+        if value is not None:
+            defaults[key] = _flag(value)
+    if config.defaults.supported_kernels:
+        defaults["supported_kernels"] = _dump_kernels(config.defaults.supported_kernels)
+    out: Dict[str, Any] = {"defaults": defaults,
+                           "params": {n: _dump_flags(p, _PARAM_KEYS) for n, p in config.param_types.items()},
+                           "op_type": {t: _dump_op(c) for t, c in config.op_types.items()},
+                           "supergroups": [{"op_list": list(ops)} for ops in config.supergroups],
+                           "model_input": ({} if config.model_input is None
+                                           else {"is_input_quantized": _flag(config.model_input)}),
+                           "model_output": ({} if config.model_output is None
+                                            else {"is_output_quantized": _flag(config.model_output)})}
+    if config.layers:
+        out["layers"] = {n: _dump_op(c) for n, c in config.layers.items()}
+    return out

@@ -50,6 +50,9 @@ class Quantizer:
     per_channel: bool = False
     axis: Optional[int] = None  # channel axis of a parameter, for per-channel quantization
     encoding: Optional[Encoding] = None
+    # this quantizer's encoding scheme ("tf", "tf_enhanced", "percentile") when it is not the
+    # simulation's (a quantsim config's ``layers.<name>.quant_scheme``); None: the simulation's
+    scheme: Optional[str] = None
 
     @property
     def is_param(self) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Set, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Set, Union
 
 import numpy as np
 
@@ -169,16 +170,20 @@ class QuantSim:
 
     # -- calibration --
 
+    def scheme_of(self, q: Quantizer) -> "QuantScheme":
+        """The scheme that encodes ``q``: its own (a config's ``layers.<name>.quant_scheme``) or the simulation's."""
+        return QuantScheme.parse(q.scheme) if q.scheme else self.scheme
+
     def _observer(self, q: Quantizer) -> Any:
         """Activations get a histogram under every scheme (find_sentinels reads it; ``tf`` encodes
         from its exact min/max); ``tf`` weights keep plain min/max."""
         axis = q.axis if (q.is_param and q.per_channel) else None
-        if self.scheme is QuantScheme.post_training_tf and q.is_param:
+        if self.scheme_of(q) is QuantScheme.post_training_tf and q.is_param:
             return RunningMinMax(axis=axis, name=q.name)
         return Histogram(self.bins, axis=axis, name=q.name)
 
     def _encode(self, q: Quantizer, obs: Any) -> Encoding:
-        return compute_encoding(obs, self.scheme.value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
+        return compute_encoding(obs, self.scheme_of(q).value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
                                 unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
 
     def compute_encodings(self, forward_pass_callback: CallbackFunc) -> None:
@@ -321,6 +326,107 @@ class QuantSim:
     def encodings(self) -> Dict[str, Dict[str, Any]]:
         """AIMET-style encodings of every quantizer that has one."""
         return {n: q.encoding.to_dict() for n, q in self.quantizers.items() if q.encoding is not None}
+
+    def derive(self, settings: Mapping[str, Mapping[str, Any]]) -> "QuantSim":
+        """A copy of this calibrated simulation with some quantizers' settings changed.
+
+        Only the changed quantizers get new encodings, computed as ``compute_encodings`` would
+        have: a weight is observed again from the adapter's float (folded) values, an activation
+        is encoded from the statistics kept from calibration (calibration observes the float
+        model, so no other statistic depends on the change and nothing is run). Every other
+        quantizer keeps its encoding and prepared form (the very objects). So the copy computes
+        what a simulation calibrated from a config that makes the same settings computes. This
+        simulation, the adapter's model and the user's model are not changed; nothing is active
+        in the copy until ``set_active``.
+
+        Args:
+            settings: quantizer name -> the settings to change: ``enabled`` (False keeps it in
+                float; an activation quantizer can only be turned on when it saw data during
+                calibration), ``bitwidth``, ``per_channel`` (weights with a channel axis),
+                ``symmetric``, ``scheme`` ("tf", "tf_enhanced", "percentile", or None for the
+                simulation's).
+
+        Returns:
+            The new, calibrated QuantSim (sharing the adapter).
+
+        Raises:
+            QAValueError: an unknown quantizer or setting, or a value it cannot take.
+
+        Example:
+            >>> import torch, qa
+            >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+            >>> x = torch.randn(8, 1, 6, 6)
+            >>> analyzer = qa.QuantAnalyzer(net, x[:1], lambda m: m(x), lambda m: 0.0, progress=False)
+            >>> sim = analyzer.create_quantsim("tf", default_param_bw=4)
+            >>> wide = sim.derive({"0_weight": {"bitwidth": 8, "per_channel": True}})
+            >>> wide.quantizers["0_weight"].encoding.bitwidth, sim.quantizers["0_weight"].encoding.bitwidth
+            (8, 4)
+            >>> wide.quantizers["1_output_0"].encoding is sim.quantizers["1_output_0"].encoding
+            True
+        """
+        if not self.calibrated:
+            raise QAError("compute_encodings must run before a simulation can be derived")
+        new = copy.copy(self)
+        new.graph = self.graph.copy()
+        new.quantizers = {q.name: q for q in new.graph.quantizers()}
+        for name, q in new.quantizers.items():  # the copy shares the (immutable) encodings
+            q.encoding = self.quantizers[name].encoding
+        new.stats, new._prepared = dict(self.stats), dict(self._prepared)
+        new.unused, new.nonfinite_only = list(self.unused), list(self.nonfinite_only)
+        new.nonfinite, new.sentinel_quantizers = dict(self.nonfinite), dict(self.sentinel_quantizers)
+        new._neginf_masks, new._active = dict(self._neginf_masks), set()
+        weights: Set[str] = set()
+        for name, changes in settings.items():
+            q = new.quantizers.get(name)
+            if q is None:
+                raise QAValueError(f"derive: no quantizer named {name!r}")
+            for key, value in changes.items():
+                _set_setting(q, key, value)
+            q.encoding = None
+            new._prepared.pop(name, None)
+            if q.is_param:
+                new.stats.pop(name, None)
+                weights.add(name)
+            elif q.enabled:
+                obs = self.stats.get(name)
+                if obs is None:
+                    raise QAValueError(f"derive: the activation {name!r} saw no data during calibration and "
+                                       f"cannot be encoded")
+                if name not in self.sentinel_quantizers or self.sentinel_mode != "float":
+                    q.encoding = new._encode(q, obs)
+                    new._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
+        for definition, values in (self.adapter.weights() if weights else ()):
+            q = new.quantizers[definition.name]
+            if definition.name not in weights or not q.enabled:
+                continue
+            obs = new._observer(q)
+            obs.update(values)
+            if obs.seen_finite:  # as in compute_encodings
+                q.encoding = new._encode(q, obs)
+                new.stats[q.name] = obs
+                quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
+                new._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
+        return new
+
+
+_SETTINGS = ("enabled", "bitwidth", "per_channel", "symmetric", "scheme")
+
+
+def _set_setting(q: Quantizer, key: str, value: Any) -> None:
+    """One setting of ``QuantSim.derive``, checked."""
+    if key not in _SETTINGS:
+        raise QAValueError(f"derive: {q.name}: unknown setting {key!r}; use one of {', '.join(_SETTINGS)}")
+    if key == "bitwidth":
+        value = check_bitwidth(value, f"{q.name} bitwidth")
+    elif key == "scheme":
+        value = None if value is None else QuantScheme.parse(value).value
+    elif not isinstance(value, (bool, np.bool_)):
+        raise QAValueError(f"derive: {q.name}: {key} must be True or False, got {value!r:.80}")
+    else:
+        value = bool(value)
+    if key == "per_channel" and value and (not q.is_param or q.axis is None):
+        raise QAValueError(f"derive: {q.name} has no channel axis to quantize per channel")
+    setattr(q, key, value)
 
 
 def _sentinel_mode(value: Any) -> str:

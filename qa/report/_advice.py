@@ -16,9 +16,9 @@ When the numbers mean something (rules that hold for any metric eval_callback re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
-from ._load import LayerView, QuantizerView, Results
+from ._load import LayerView, QuantizerView, Results, num
 
 # Thresholds for calling something out; they decide wording only, never numbers shown.
 CLIPPED_NOTABLE = 0.01  # share of values outside the encoding range
@@ -246,6 +246,110 @@ def layer_suggestions(r: Results, layer: LayerView) -> List[str]:
     return out
 
 
+# ---- verified fixes (recommendation.json, written by qa.recommend) -------------------------------
+
+def bits(v: Optional[float]) -> str:
+    """A number of extra bits for people: "0", "+512", "+1.2M", "n/a" (unknown)."""
+    if v is None:
+        return "n/a"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    text = f"{a / 1e6:.3g}M" if a >= 1e6 else f"{a / 1e3:.3g}k" if a >= 1e4 else f"{a:.0f}"
+    return ("+" if v > 0 else "\u2212") + text
+
+
+def _candidates(r: Results) -> List[Dict[str, Any]]:
+    rec = r.recommendation or {}
+    return [c for c in rec.get("candidates") or [] if isinstance(c, dict) and isinstance(c.get("layer"), str)]
+
+
+def measured_layers(r: Results) -> Set[str]:
+    """The layers qa.recommend measured remedies for: their unverified suggestions are replaced."""
+    return {c["layer"] for c in _candidates(r)}
+
+
+def _fix_line(c: Dict[str, Any]) -> str:
+    score, delta = num(c.get("score")), num(c.get("delta"))
+    measured = "the score is NaN or infinite" if score is None else f"{fmt(score)} ({signed(delta)} vs fully quantized)"
+    cost = (f"{bits(num(c.get('extra_weight_bits')))} weight bits, "
+            f"{bits(num(c.get('extra_activation_bits')))} activation bits")
+    source = "; measured by the per-layer sweep" if c.get("source") == "sweep" else ""
+    plan = "; in the plan" if c.get("in_plan") else ""
+    return f"{c.get('description') or c.get('change')}: {measured}, {cost}{source}{plan}"
+
+
+def measured_tips(r: Results, layer: LayerView) -> List[str]:
+    """What each remedy tried for ``layer`` measured, best first (empty when none was tried).
+
+    Example:
+        >>> from qa.report._load import Results, LayerView
+        >>> r = Results(None, {}, [], {}, {}, {}, {}, {}, {"fp32": 1.0, "quantized": 0.5}, [],
+        ...             recommendation={"candidates": [
+        ...                 {"layer": "fc", "change": "float", "description": "in float", "score": 0.9, "delta": 0.4,
+        ...                  "extra_weight_bits": 1792, "extra_activation_bits": None, "in_plan": True}]})
+        >>> measured_tips(r, LayerView("fc", 0))
+        ['in float: 0.9 (+0.4 vs fully quantized), +1792 weight bits, n/a activation bits; in the plan']
+    """
+    mine = [c for c in _candidates(r) if c["layer"] == layer.name]
+    mine.sort(key=lambda c: -(num(c.get("delta")) if num(c.get("delta")) is not None else -INF))
+    return [_fix_line(c) for c in mine]
+
+
+def plan_text(r: Results) -> Optional[str]:
+    """One sentence on the verified plan and whether its confirmed score meets the target."""
+    rec = r.recommendation
+    plan = rec.get("plan") if isinstance(rec, dict) else None
+    if not isinstance(plan, dict):
+        return None
+    goal, score = num(rec.get("target_score")), num(plan.get("score"))
+    changes = [c for c in plan.get("changes") or [] if isinstance(c, dict)]
+    what = "; ".join(f"{c.get('layer')}: {c.get('description') or c.get('change')}" for c in changes)
+    target = f"the target (\u2265 {fmt(goal)})"
+    if plan.get("status") == "met":
+        return f"The fully quantized score {fmt(r.quantized)} already meets {target}: nothing needs to change."
+    if not changes:
+        return f"Verified fixes: no change measured helps; {target} is missed (fully quantized {fmt(r.quantized)})."
+    verb = "reaches" if plan.get("reached") is True else "MISSES"
+    return f"Verified plan ({what}): confirmed score {fmt(score)}, which {verb} {target}."
+
+
+def verified_fixes(r: Results) -> Optional[Dict[str, Any]]:
+    """The dashboard's "Verified fixes" section: one row per candidate (layer, change, measured
+    score, its change vs the fully quantized score, its cost in bits), the plan and its verdict.
+    None without recommendation.json."""
+    rec = r.recommendation
+    if not isinstance(rec, dict):
+        return None
+    plan = rec.get("plan") if isinstance(rec.get("plan"), dict) else {}
+    order = {name: i for i, name in enumerate(rec.get("layers") or []) if isinstance(name, str)}
+    rows = []
+    for c in _candidates(r):
+        layer = r.layer(c["layer"])
+        delta = num(c.get("delta"))
+        rows.append({"layer": c["layer"], "index": layer.index if layer else None,
+                     "change": c.get("description") or str(c.get("change")), "kind": str(c.get("change")),
+                     "score": num(c.get("score")), "delta": delta,
+                     "weight_bits": num(c.get("extra_weight_bits")),
+                     "activation_bits": num(c.get("extra_activation_bits")),
+                     "encodings": num(c.get("extra_encodings")), "sweep": c.get("source") == "sweep",
+                     "in_plan": c.get("in_plan") is True, "_key": (order.get(c["layer"], len(order)),
+                                                                   -(delta if delta is not None else -INF))})
+    rows.sort(key=lambda row: row.pop("_key"))
+    target = rec.get("target") if isinstance(rec.get("target"), dict) else {}
+    kind, value = next(iter(target.items()), ("relative", None))
+    margin = (f"within {pct(num(value))} of FP32" if kind == "relative" and num(value) is not None
+              else f"within {fmt(num(value))} of FP32")
+    status = plan.get("status") if plan.get("status") in ("reached", "missed", "met") else "missed"
+    return {"rows": rows, "status": status, "reached": plan.get("reached") is True, "text": plan_text(r),
+            "goal": num(rec.get("target_score")), "margin": margin, "score": num(plan.get("score")),
+            "predicted": num(plan.get("predicted_score")), "evaluated": plan.get("evaluated"),
+            "weight_bits": num(plan.get("extra_weight_bits")),
+            "activation_bits": num(plan.get("extra_activation_bits")),
+            "evaluations": num(rec.get("evaluations")),
+            "notes": [n for n in rec.get("notes") or [] if isinstance(n, str)]}
+
+
 def spread(r: Results) -> float:
     """Largest minus smallest of every finite score."""
     values = r.all_scores()
@@ -393,7 +497,10 @@ def _culprit_steps(r: Results, culprits: List[LayerView], drop: Optional[float],
         share = f" Quantizing it alone costs {fmt(cost)}."
     if not said:
         steps.append(f"Start with {top.name} ({top.type or 'layer'}).{share}")
-    if matters(r, top.impact):
+    measured = measured_tips(r, top)
+    if measured:  # facts replace the unverified advice
+        steps.append(f"Measured for {top.name}, best first: {measured[0]}.")
+    elif matters(r, top.impact):
         steps.append(f"{try_label(r, top.impact)} {layer_suggestions(r, top)[0]}")
     else:
         steps.append(f"Its effect ({fmt(top.impact)}) is under {pct(MATERIAL)} of the FP32 score: nothing needs to "
@@ -402,5 +509,6 @@ def _culprit_steps(r: Results, culprits: List[LayerView], drop: Optional[float],
         steps.append(f"Leaving only {top.name} in float recovers {fmt(top.gain)} of the {fmt(drop)}.")
     if len(culprits) > 1:
         steps.append("Next: " + ", ".join(c.name for c in culprits[1:]) + " (details below).")
-    steps.append("Then run the analysis again and compare.")
+    plan = plan_text(r)
+    steps.append(plan if plan else "Then run the analysis again and compare.")
     return steps

@@ -20,8 +20,8 @@ import vl_convert
 from .._version import __version__
 from ..errors import QAError
 from . import ResultsDir, _charts
-from ._advice import (alerts, fmt, headline, layer_evidence, layer_suggestions, local_kind, matters, pct,
-                      quantizer_evidence, signed, try_label)
+from ._advice import (alerts, bits, fmt, headline, layer_evidence, layer_suggestions, local_kind, matters,
+                      measured_tips, pct, quantizer_evidence, signed, try_label, verified_fixes)
 from ._assets import CSS, JS
 from ._groups import GROUP_FROM, Block, group_layers
 from ._load import LIMIT, MAX_BITWIDTH, HistogramView, QuantizerView, Results, load_results, num, validate
@@ -75,7 +75,7 @@ def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("qa.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(script_json=script_json, fmt=fmt, pct=pct, signed=signed)
+    env.filters.update(script_json=script_json, fmt=fmt, pct=pct, signed=signed, bits=bits)
     env.globals.update(version=__version__, INDEX=INDEX, STYLESHEET=STYLESHEET, BUNDLE=BUNDLE, SCRIPT=SCRIPT,
                        DESCRIBED=DESCRIBED, inf=float("inf"))
     return env
@@ -543,10 +543,11 @@ class _Builder:
         cards = []
         for rank, layer in enumerate(culprits, 1):
             material = matters(r, layer.impact)
+            measured = measured_tips(r, layer)  # recommendation.json's facts replace the unverified advice
             cards.append({"rank": rank, "layer": layer, "evidence": layer_evidence(r, layer),
                           "local": local_kind(layer),
-                          "tips": layer_suggestions(r, layer) if material else [],
-                          "label": try_label(r, layer.impact),
+                          "tips": measured or (layer_suggestions(r, layer) if material else []),
+                          "label": "Measured (verified fixes, best first):" if measured else try_label(r, layer.impact),
                           "note": "" if material else f"Its effect ({fmt(layer.impact)}) is under 1% of the FP32 "
                                                       "score: nothing needs to change for it."})
         names = {layer.name for layer in culprits}
@@ -568,7 +569,9 @@ class _Builder:
             unquantized_ops=s.get("unquantized_ops") or [], sensitivity=sensitivity,
             culprits_chart=culprits_chart, cards=cards, sqnr_chart=sqnr_chart, histograms=self._histogram_counts(),
             scheme=r.text("quant_scheme"), summary_link=self.data_link(PurePosixPath("summary.json")), folded=folded, unfolded=unfolded,
-            unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table())
+            unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table(),
+            fixes=verified_fixes(r), config_link=self.data_link(PurePosixPath("recommended_config.json")),
+            recommendation_link=self.data_link(PurePosixPath("recommendation.json")))
 
     def _histogram_counts(self) -> Dict[str, int]:
         """How many histogram and channel-range pages there are, for the dashboard's list of pages."""

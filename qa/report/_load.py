@@ -28,6 +28,7 @@ from . import ResultsDir, sanitize
 log = logging.getLogger("qa")
 
 _ACTIVATION_KEY = re.compile(r"_(output|input)_\d+$")
+RECOMMENDATION_FILE = "recommendation.json"  # qa.recommend's measured candidates and plan (optional)
 RESULT_FILES = ("summary.json", "per_layer_quant_enabled.json", "per_layer_quant_disabled.json",
                 "per_layer_mse_loss.json", "min_max_ranges/weights.json", "min_max_ranges/activations.json")
 LIMIT = 1e100  # no score, range, MSE or histogram edge of a real run comes near (float32 tops out at 3.4e38)
@@ -68,6 +69,29 @@ def _validator(definition: Optional[str]) -> Any:
     if definition is not None:
         schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
     return jsonschema.Draft202012Validator(schema)
+
+
+@functools.lru_cache(maxsize=1)
+def _recommendation_validator() -> Any:
+    """A Draft 2020-12 validator for recommendation.json (``schema/recommendation.schema.json``)."""
+    import jsonschema
+
+    text = importlib.resources.files("qa.report").joinpath("schema").joinpath(
+        "recommendation.schema.json").read_text("utf-8")
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
+def validate_recommendation(data: Any, file: str = RECOMMENDATION_FILE) -> None:
+    """Raise QAError("recommendation.json: <field>: <what is wrong>") unless data fits its schema."""
+    import jsonschema
+
+    try:
+        error = jsonschema.exceptions.best_match(_recommendation_validator().iter_errors(data))
+    except RecursionError:
+        raise QAError(f"{file}: nested too deeply to be a qa result file") from None
+    if error is not None:
+        where = _where(error.absolute_path)
+        raise QAError(f"{file}: {where + ': ' if where else ''}{_message(error)}")
 
 
 def _where(path: Any) -> str:
@@ -388,6 +412,7 @@ class Results:
     notes: List[str] = field(default_factory=list)  # values left out (out of range for display)
     files: Optional[Set[str]] = None  # summary.json's list of this run's files; None: read what is there
     _by_name: Dict[str, LayerView] = field(default_factory=dict, repr=False)
+    recommendation: Optional[Dict[str, Any]] = None  # recommendation.json (qa.recommend), checked; None: none
 
     @property
     def root(self) -> Any:
@@ -632,6 +657,11 @@ def load_results(out: ResultsDir, json_path: Callable[..., PurePosixPath]) -> Re
     quantized_in = float(score_reasons["quantized"]) if "quantized" in score_reasons else scores["quantized"]
     results.impacts = ranking.impacts(names, fp32_in, quantized_in, as_ranked(enabled, enabled_reasons),
                                       as_ranked(disabled, disabled_reasons))
+    if reader.listed(RECOMMENDATION_FILE):
+        rec = out.read_json(RECOMMENDATION_FILE)
+        if rec is not None:
+            validate_recommendation(rec)
+            results.recommendation = rec
     previous: Optional[LayerView] = None
     for layer, impact in zip(layers, results.impacts):
         layer.enabled, layer.disabled = enabled.get(layer.name), disabled.get(layer.name)
