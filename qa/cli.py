@@ -321,7 +321,28 @@ def _analyze_flags(sub, bitwidth) -> None:
     g.add_argument("--no-resume", action="store_true",
                    help="evaluate everything even when the results folder holds a finished part of the same run")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where the per-layer evaluations run (ray: a local Ray, or RAY_ADDRESS's cluster)")
+    g.add_argument("--workers", type=_int_type(1, None), default=None, metavar="N",
+                   help="Ray workers (default: one per CPU)")
+    g = p.add_argument_group("verified fixes")
+    g.add_argument("--recommend", action="store_true",
+                   help="measure the fixes for the top culprits and a smallest plan within --target of FP32")
+    g.add_argument("--target", type=_target, default=None, metavar="T",
+                   help="how close to FP32 the plan must get: 0.01 (relative, the default) or abs=0.5")
     p.set_defaults(func=_analyze)
+
+
+def _target(text: str) -> Any:
+    """--target: a relative share (0.01) or abs=<score points>."""
+    kind, _, value = text.partition("=") if "=" in text else ("relative", "", text)
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.01 or abs=0.5, got {text!r}") from None
+    if kind not in ("abs", "absolute", "relative", "rel") or not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 0.01 or abs=0.5, got {text!r}")
+    return {"absolute": number} if kind.startswith("abs") else {"relative": number}
 
 
 def _image_size(text: str) -> Tuple[int, int]:
@@ -403,6 +424,12 @@ def _analyze_plan(args: argparse.Namespace) -> Dict[str, Any]:
     from .data import array_file_keys, check_model_path, list_images, parse_shape, read_label_array, read_label_csv
 
     plan: Dict[str, Any] = {"framework": check_model_path(args.model)}
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise _Usage("--executor ray needs Ray: pip install 'qa-quant[ray]'")
+    if args.workers is not None and args.executor != "ray":
+        raise _Usage("--workers goes with --executor ray")
+    if args.target is not None and not args.recommend:
+        raise _Usage("--target goes with --recommend")
     images = arrays = None
     if args.data is not None:
         data = Path(args.data)
@@ -627,6 +654,12 @@ def _analyze(args: argparse.Namespace) -> int:
                        "evaluation_digest": digest}}
     _write_record(args.results, record, None)  # before the long work: a killed run can be resumed
     extra = {"memo_memory_budget": args.memo_memory_budget} if args.memo_memory_budget else {}
+    if args.recommend:
+        extra.update(recommend=True, target=args.target)
+    if args.executor == "ray":
+        from .executors import RayExecutor
+
+        extra["executor"] = RayExecutor(num_workers=args.workers) if args.workers else "ray"
     r = analyzer.analyze(quant_scheme=args.scheme, default_param_bw=args.param_bw, default_output_bw=args.output_bw,
                          config_file=plan["config"], results_dir=args.results, percentile=args.percentile,
                          rounding=args.rounding, sentinels=args.sentinels, memoize=not args.no_memoize,

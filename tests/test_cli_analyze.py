@@ -223,6 +223,21 @@ def test_a_non_classifier_is_scored_by_output_sqnr(files, tmp_path, capsys):
     assert "output SQNR against the FP32 model's outputs (label-free" in out
 
 
+def test_recommend_measures_fixes_and_writes_the_plan(files, tmp_path, capsys):
+    res = tmp_path / "res"
+    code, out, err = _run(capsys, files["seg_onnx"], "--data", files["npz"], "--batch-size", "8", "--calibration",
+                          "1", "--mse-batches", "0", "--param-bw", "4", "--recommend", "--target", "abs=1000",
+                          "--results", res)
+    _ok(code, out, err)
+    s = _summary(res)
+    assert s["recommendation"] is not None
+    assert {"recommendation.json", "recommended_config.json"} <= set(s["files"])
+    for args, needle in ((["--target", "0.1"], "--target goes with --recommend"),
+                         (["--workers", "2", "--executor", "local"], "--workers goes with --executor ray")):
+        line = _error(capsys, files["seg_onnx"], "--data", files["npz"], *args)
+        assert needle in line, line
+
+
 def test_a_rerun_resumes_only_on_the_same_evaluation_data(files, tmp_path, capsys):
     res = tmp_path / "res"
     args = [files["onnx"], "--data", files["npz"], "--batch-size", "8", "--calibration", "1", "--mse-batches", "0",
@@ -315,6 +330,10 @@ def test_errors_found_before_the_model_loads(files, tmp_path, capsys, monkeypatc
     (["--percentile", "20"], "argument --percentile: must be from 50 to 100, got 20"),
     (["--memo-memory-budget", "lots"], "argument --memo-memory-budget: expected a size in bytes like 512MiB"),
     (["--random"], "argument --random: not allowed with argument --data"),
+    (["--target", "lots"], "argument --target: expected a number such as 0.01 or abs=0.5"),
+    (["--target", "x=0.1"], "argument --target: expected a number >= 0 such as 0.01 or abs=0.5"),
+    (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["--executor", "dask"], "argument --executor: invalid choice"),
 ])
 def test_flag_errors_are_argparse_one_liners(files, capsys, args, needle):
     line = _error(capsys, files["onnx"], "--data", files["images"], *args)
