@@ -521,23 +521,12 @@ def test_hostile_names_stay_text_and_data(hostile, capsys):
 
 # ---- in a browser ------------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from test_report_browser import ARGS, CHROMIUM, _browser_or_skip  # noqa: E402  (one browser setup)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    missing = [what for what, ok in (("chromium", CHROMIUM), ("playwright", sync_playwright)) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)"
-        if os.environ.get("QA_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    sync_playwright = _browser_or_skip()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b

@@ -9,9 +9,7 @@ stay bounded), and the local error of a layer (summary.json's ``per_layer_local_
 
 import html
 import json
-import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -25,9 +23,7 @@ from qa.report import ResultsDir, build_html  # noqa: E402
 from qa.report._groups import GROUP_FROM, components, group_layers  # noqa: E402
 from test_report import _Text, check_page_is_offline_and_safe, write_results  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from test_report_browser import ARGS, CHROMIUM, _browser_or_skip  # noqa: E402  (one browser setup)
 
 # ---- a 12-block transformer's layer names, as each framework writes them ----------------------
 
@@ -331,20 +327,6 @@ def test_onnx_named_folder_groups_and_small_folder_stays_flat(tmp_path):
 
 
 # ---- in a real browser ----------------------------------------------------------------------
-
-def _browser_or_skip():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    missing = [what for what, ok in (("chromium", CHROMIUM), ("playwright", sync_playwright)) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)"
-        if os.environ.get("QA_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return sync_playwright
-
 
 @pytest.fixture(scope="module")
 def browser():
