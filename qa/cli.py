@@ -84,25 +84,10 @@ DEMO_PROGRESS_EVERY = 5.0  # seconds between "N evaluations done" lines (without
 def _check_demo_args(args: argparse.Namespace) -> None:
     """Every check of `qa demo`'s arguments that argparse does not make, before anything slow starts
     (nothing is created: a refused run leaves no folder behind)."""
-    import os
-
     if args.mse_batches > DEMO_MSE_BATCHES:
         raise _Usage(f"--mse-batches {args.mse_batches}: the demo has {DEMO_CALIBRATION_IMAGES} calibration images, "
                      f"{DEMO_MSE_BATCHES} batches of {DEMO_MSE_BATCH}; use 1 to {DEMO_MSE_BATCHES}")
-    out = Path(args.out).expanduser()
-    if out.exists():
-        if not out.is_dir():
-            raise _Usage(f"--out {args.out} is a file, not a folder")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise _Usage(f"--out {args.out}: the folder is not writable")
-    else:
-        parent = out.absolute().parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            raise _Usage(f"--out {args.out}: cannot create the folder, {parent} is a file")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise _Usage(f"--out {args.out}: cannot create the folder, {parent} is not writable")
+    _check_results_dir(args.out, "--out")
     if importlib.util.find_spec("torch") is None:  # the demo imports it; the CLI itself never does
         raise _Usage("qa demo needs PyTorch: pip install torch==2.13.0 'qa-quant[torch]'")
 
@@ -396,24 +381,25 @@ def _byte_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def _check_results_dir(path: str) -> None:
-    """Refuse a results folder that cannot be written, before any work (nothing is created)."""
+def _check_results_dir(path: str, flag: str = "--results") -> None:
+    """Refuse a results folder (given as ``flag``) that cannot be written, before any work
+    (nothing is created)."""
     import os
 
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise _Usage(f"--results {path} is a file, not a folder")
+            raise _Usage(f"{flag} {path} is a file, not a folder")
         if not os.access(p, os.W_OK | os.X_OK):
-            raise _Usage(f"--results {path}: the folder is not writable")
+            raise _Usage(f"{flag} {path}: the folder is not writable")
         return
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise _Usage(f"--results {path}: cannot create the folder, {parent} is a file")
+        raise _Usage(f"{flag} {path}: cannot create the folder, {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise _Usage(f"--results {path}: cannot create the folder, {parent} is not writable")
+        raise _Usage(f"{flag} {path}: cannot create the folder, {parent} is not writable")
 
 
 def _analyze_plan(args: argparse.Namespace) -> Dict[str, Any]:

@@ -521,16 +521,7 @@ def test_hostile_names_stay_text_and_data(hostile, capsys):
 
 # ---- in a browser ------------------------------------------------------------------------------------
 
-from test_report_browser import ARGS, CHROMIUM, _browser_or_skip  # noqa: E402  (one browser setup)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+from test_report_browser import browser  # noqa: E402,F401  (one browser fixture)
 
 
 def open_page(browser, path):

@@ -23,7 +23,7 @@ from qa.report import ResultsDir, build_html  # noqa: E402
 from qa.report._groups import GROUP_FROM, components, group_layers  # noqa: E402
 from test_report import _Text, check_page_is_offline_and_safe, write_results  # noqa: E402
 
-from test_report_browser import ARGS, CHROMIUM, _browser_or_skip  # noqa: E402  (one browser setup)
+from test_report_browser import browser  # noqa: E402,F401  (one browser fixture)
 
 # ---- a 12-block transformer's layer names, as each framework writes them ----------------------
 
@@ -327,15 +327,6 @@ def test_onnx_named_folder_groups_and_small_folder_stays_flat(tmp_path):
 
 
 # ---- in a real browser ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
 
 class Opened:
     def __init__(self, browser, path, anchor=""):
