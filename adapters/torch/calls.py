@@ -608,7 +608,8 @@ class Interceptor:
         if site.inputs:
             args, kwargs = _replace(args, kwargs, lambda i, t: self._input(site, i, t))
         out = func(*args, **kwargs)
-        inplace = tuple(t for t in tensors((args, kwargs)) if any(t is o for o in tensors(out)))
+        made = {id(o) for o in tensors(out)}
+        inplace = tuple(t for t in tensors((args, kwargs)) if id(t) in made)  # written in place: same object
         return self._outputs(site, out, inplace)
 
     def _input(self, site: Site, i: int, t: torch.Tensor) -> torch.Tensor:
