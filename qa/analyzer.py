@@ -680,7 +680,7 @@ class QuantAnalyzer:
                 result.per_layer_local_sqnr_db = dict(self._local_sqnr)
             if recommend:  # needs both sweeps' ranking; writes recommendation.json and the config
                 result.recommendation = timed("recommendation", lambda: _recommend(
-                    self, sim, result, target=target, results=results, report=False))
+                    self, sim, result, target=target, results=results, report=False, executor=executor))
             result.problems += _score_problems(result)
             result.status = "complete"
         except BaseException as e:  # also KeyboardInterrupt: what finished is kept and said so

@@ -45,11 +45,11 @@ import traceback
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from .errors import QAError, QAValueError
 
-__all__ = ["Executor", "RayExecutor", "resolve_executor", "evaluate_layer", "RAY_INSTALL_HINT"]
+__all__ = ["Executor", "RayExecutor", "resolve_executor", "evaluate_layer", "evaluate_variant", "RAY_INSTALL_HINT"]
 
 log = logging.getLogger("qa")
 
@@ -95,6 +95,28 @@ def evaluate_layer(sim: Any, eval_callback: Any, name: str, enable: bool,
     return sim.evaluate(eval_callback, f"eval_callback (per-layer analysis by {what} quantizers, layer {name!r})")
 
 
+def evaluate_variant(variant: Any, eval_callback: Any, label: str, focus: Optional[Callable[[Any], None]] = None,
+                     differing: Iterable[str] = ()) -> float:
+    """One evaluation of a variant of the fully quantized simulation (a candidate fix of
+    :mod:`qa.recommend`): every quantizer of ``variant`` on. The one definition the local
+    evaluation and every Ray worker run.
+
+    Args:
+        variant: a :meth:`~qa.sim.QuantSim.derive` (or ``adopt``) of the calibrated simulation.
+        eval_callback: the analyzer's evaluation callback.
+        label: what the variant is, for error messages ("layer 'fc', weights at 8 bits").
+        focus: what ``adapter.memoized(budget)`` yielded, or None.
+        differing: the quantizers whose settings differ from the fully quantized simulation.
+
+    Returns:
+        The score ``eval_callback`` returned.
+    """
+    if focus is not None:
+        focus(list(differing))
+    variant.set_active(variant.enabled)
+    return variant.evaluate(eval_callback, f"eval_callback (recommendation: {label})")
+
+
 class Executor(abc.ABC):
     """Runs the evaluations of one per-layer sweep somewhere; the analyzer writes what comes back.
 
@@ -115,6 +137,13 @@ class Executor(abc.ABC):
         """Evaluate ``layers`` (execution order; those a resumed run finished are left out) with
         only each one's quantizers on (``enable``) or off, calling ``finished(layer, score)`` on
         the driver as each score is known, in any order. Raise what a local evaluation raises."""
+
+    def variants(self, analyzer: Any, sim: Any, variants: List[Tuple[str, Any]], finished: Finished) -> bool:
+        """Evaluate variants of the fully quantized ``sim`` (``(label, variant QuantSim)``; the
+        candidate fixes of :mod:`qa.recommend`), calling ``finished(label, score)`` as each is
+        known. Returns False when this executor does not evaluate variants (they run locally);
+        the default."""
+        return False
 
     def close(self) -> None:
         """Let go of workers held between sweeps."""
@@ -256,6 +285,23 @@ class RayExecutor(Executor):
             pool = self._pool = _Pool(self, analyzer, sim, len(layers))
         pool.sweep(layers, enable, finished)
 
+    def variants(self, analyzer: Any, sim: Any, variants: List[Tuple[str, Any]], finished: Finished) -> bool:
+        """Evaluate the variants on the workers: each is sent as the quantizers in which it
+        differs from ``sim`` (their settings and encodings, computed here), and rebuilt there
+        with :meth:`QuantSim.adopt`. The workers of the sweeps are reused."""
+        if not variants:
+            return True
+        shipped = []
+        for label, variant in variants:
+            differing = {n: q for n, q in variant.quantizers.items() if _differs(q, sim.quantizers[n])}
+            shipped.append((label, differing))
+        pool = self._pool
+        if pool is None or not pool.serves(analyzer, sim):
+            self.close_pool()
+            pool = self._pool = _Pool(self, analyzer, sim, len(variants))
+        pool.variants(shipped, finished)
+        return True
+
     def close(self) -> None:
         """Stop the workers, and Ray itself when this executor started it."""
         self.close_pool()
@@ -362,13 +408,29 @@ class _Pool:
     # -- one sweep --
 
     def sweep(self, layers: List[str], enable: bool, finished: Finished) -> None:
-        ray = self.ray
         self.sweeps += 1
         key = (self.sweeps, enable)
         what = "enabling" if enable else "disabling"
+        self._run(layers, lambda slot, name: slot.actor.evaluate.remote(name, key), finished,
+                  f"per-layer {what} sweep", f"per-layer {what}")
+
+    def variants(self, variants: List[Tuple[str, Dict[str, Any]]], finished: Finished) -> None:
+        """Evaluate each (label, {quantizer name: Quantizer}) as the simulation with those quantizers' settings
+        and encodings (:meth:`QuantSim.adopt`), memoized against the fully quantized model."""
+        self.sweeps += 1
+        key = (self.sweeps, False)
+        states = dict(variants)
+        self._run([label for label, _ in variants],
+                  lambda slot, label: slot.actor.evaluate_variant.remote(label, states[label], key), finished,
+                  "recommendation's candidates", "candidate evaluations")
+
+    def _run(self, tasks: List[str], submit: Callable[[_Slot, str], Any], finished: Finished, left: str,
+             what: str) -> None:
+        """Spread ``tasks`` in contiguous ranges over the workers; ``submit(slot, task)`` sends one."""
+        ray = self.ray
         t0 = time.perf_counter()
         live = [s for s in self.slots if s.alive]
-        for slot, chunk in zip(live, _chunks(layers, len(live))):
+        for slot, chunk in zip(live, _chunks(tasks, len(live))):
             slot.queue = collections.deque(chunk)
             slot.layers, slot.seconds = 0, 0.0
         depth = 2  # calls queued on a worker: the next one waits there while one runs
@@ -376,14 +438,14 @@ class _Pool:
         while True:
             for slot in self.slots:
                 if slot.alive and slot.started:
-                    self._feed(slot, key, depth)
+                    self._feed(slot, submit, depth)
             inflight = {ref: slot for slot in self.slots if slot.alive for ref in slot.inflight}
             if not inflight and not any(s.queue for s in self.slots):
                 break
             setting_up = {s.ready: s for s in self.slots if s.alive and not s.started}
             if not inflight and not setting_up:
-                raise QAError(f"every Ray worker died; {sum(len(s.queue) for s in self.slots)} layer(s) of the "
-                              f"per-layer {what} sweep are left (max_worker_restarts is spent)")
+                raise QAError(f"every Ray worker died; {sum(len(s.queue) for s in self.slots)} evaluation(s) of "
+                              f"the {left} are left (max_worker_restarts is spent)")
             timeout = None
             if not inflight:  # only workers still setting up: they may never be placed
                 timeout = max(0.0, self.executor.start_timeout - (time.monotonic() - waited_since))
@@ -405,9 +467,9 @@ class _Pool:
         for ref, slot in ends.items():  # close each worker's memo; its statistics come back
             with contextlib.suppress(Exception):
                 _forward(ray.get(ref, timeout=60), slot)
-        self._log_sweep(what, len(layers), time.perf_counter() - t0)
+        self._log_sweep(what, len(tasks), time.perf_counter() - t0)
 
-    def _feed(self, slot: _Slot, key: Tuple[int, bool], depth: int) -> None:
+    def _feed(self, slot: _Slot, submit: Callable[[_Slot, str], Any], depth: int) -> None:
         """Keep ``depth`` calls queued on a worker: from its own range, else the back half of the
         longest range left (a dead or unready worker's range, or a busy one's)."""
         while len(slot.inflight) < depth:
@@ -422,7 +484,7 @@ class _Pool:
                 log.debug("Ray: %s takes %d layer(s) from %s (%s .. %s)", slot.describe(), take,
                           victim.describe(), stolen[0], stolen[-1])
             name = slot.queue.popleft()
-            slot.inflight[slot.actor.evaluate.remote(name, key)] = name
+            slot.inflight[submit(slot, name)] = name
 
     def _started(self, slot: _Slot) -> None:
         try:
@@ -485,11 +547,20 @@ class _Pool:
         log.warning("Ray: %s died (%s: %s); its %d unfinished layer(s) are redone: %s", slot.describe(),
                     type(error).__name__, first[:200], left, where)
 
-    def _log_sweep(self, what: str, layers: int, seconds: float) -> None:
+    def _log_sweep(self, what: str, tasks: int, seconds: float) -> None:
         used = [s for s in self.slots if s.layers]
-        log.info("per-layer %s on Ray: %d layer(s) on %d worker(s) in %.2f s", what, layers, len(used), seconds)
+        log.info("%s on Ray: %d evaluation(s) on %d worker(s) in %.2f s", what, tasks, len(used), seconds)
         for s in used:
-            log.info("  %s: %d layer(s), %.2f s evaluating", s.describe(), s.layers, s.seconds)
+            log.info("  %s: %d evaluation(s), %.2f s evaluating", s.describe(), s.layers, s.seconds)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Whether two quantizers differ in settings or encoding (a derived simulation shares the
+    encoding objects it did not recompute)."""
+    from .sim import QUANTIZER_STATE
+
+    return a.encoding is not b.encoding or any(getattr(a, f) != getattr(b, f) for f in QUANTIZER_STATE
+                                               if f != "encoding")
 
 
 def _chunks(items: List[str], n: int) -> List[List[str]]:
@@ -625,20 +696,9 @@ class _Worker:
         if layers != state["layers"] or set(sim.quantizers) != set(state["quantizers"]):
             raise QAError("the Ray worker's copy of the model has other layers or quantizers than the driver's: the "
                           "model must be rebuilt the same way from its pickle")
-        for name, q in sim.quantizers.items():  # the driver's settings and encodings, never recalibrated
-            source = state["quantizers"][name]
-            for f in ("enabled", "bitwidth", "symmetric", "strict", "unsigned_symmetric", "per_channel", "axis",
-                      "encoding"):
-                setattr(q, f, getattr(source, f))
+        sim._install(state["quantizers"])  # the driver's settings and encodings, never recalibrated
         prepared = set(state["prepared"])
-        for definition, values in adapter.weights():
-            q = sim.quantizers[definition.name]
-            if q.name in prepared:
-                sim._prepared[q.name] = adapter.prepare_weight(
-                    definition, q.encoding.fake_quantize(values, rounding=sim.rounding))
-        for name in prepared - set(sim._prepared):
-            q = sim.quantizers[name]
-            sim._prepared[name] = adapter.prepare_activation(q, q.encoding, sim.rounding)
+        sim._prepared = {n: v for n, v in sim._prepared.items() if n in prepared}
         sim._chain = frozenset(state["chain"])
         sim.calibrated = True
         if fingerprint(adapter.weights(), sim.quantizers.values(), {}) != state["fingerprint"]:
@@ -659,6 +719,16 @@ class _Worker:
 
     def evaluate(self, name: str, key: Any) -> Tuple[str, Any, List[Tuple[int, str]]]:
         """("ok", (score, seconds)) for one layer of the sweep ``key`` = (sweep number, enable)."""
+        return self._answer(key, lambda focus: evaluate_layer(self.sim, self.eval_callback, name, key[1], focus,
+                                                              self.everything))
+
+    def evaluate_variant(self, label: str, states: Mapping[str, Any], key: Any) -> Tuple[str, Any, List[Tuple[int, str]]]:
+        """("ok", (score, seconds)) for the simulation with the quantizers ``states`` (name ->
+        Quantizer) as given (the variant ``label`` of a recommendation)."""
+        return self._answer(key, lambda focus: evaluate_variant(self.sim.adopt(states), self.eval_callback, label,
+                                                                focus, states))
+
+    def _answer(self, key: Any, run: Callable[[Any], float]) -> Tuple[str, Any, List[Tuple[int, str]]]:
         try:
             if self._error is not None:
                 raise self._error[0]
@@ -669,7 +739,7 @@ class _Worker:
                                if self.memoize else None)
                 self._memo_key = key
             t = time.perf_counter()
-            score = evaluate_layer(self.sim, self.eval_callback, name, key[1], self._focus, self.everything)
+            score = run(self._focus)
             return "ok", (score, time.perf_counter() - t), self._logs.take()
         except Exception as e:
             return "error", _failure(e), self._logs.take()

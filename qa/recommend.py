@@ -55,18 +55,21 @@ Output (through :class:`qa.report.ResultsDir`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._progress import Progress
 from .adapters._base import FLOAT
 from .config import apply_config, dump_config, load_config
 from .errors import QAError, QAValueError
+from .executors import evaluate_variant, resolve_executor
 from .graph import OUTPUT, Quantizer
 from .ranking import culprits, finite
 from .report import ResultsDir
@@ -535,7 +538,8 @@ def _config_mismatch(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]
 
 def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, layers: int = 3,
               candidates_per_layer: Union[None, int, Sequence[str]] = None,
-              results: Union[None, str, Path, ResultsDir] = None, report: bool = True) -> Recommendation:
+              results: Union[None, str, Path, ResultsDir] = None, report: bool = True,
+              executor: Any = None) -> Recommendation:
     """Measure the remedies for the culprit layers and plan the fewest that meet ``target``.
 
     Args:
@@ -552,6 +556,10 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
             its own ResultsDir, so the files are listed in summary.json.
         report: also list the files in the folder's summary.json and rebuild the HTML report
             (analyze passes False: it does both itself).
+        executor: None (evaluate here, memoized when ``analyzer.memoize``: what runs before a
+            candidate's first changed quantizer is replayed from the fully quantized model), "ray"
+            or a :class:`qa.RayExecutor` (the candidates spread over its workers; analyze passes
+            the executor of its sweeps, whose workers are reused).
 
     Returns:
         A :class:`Recommendation`; ``files`` are the paths written.
@@ -580,6 +588,8 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
     """
     t0 = time.perf_counter()
     goal_target = parse_target(target)
+    made_here = isinstance(executor, str)  # an executor made here from its name is closed here
+    executor = resolve_executor(executor)
     kinds, most = _kinds(candidates_per_layer)
     if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers < 1:
         raise QAValueError(f"layers must be a positive integer, got {layers!r:.80}")
@@ -602,30 +612,39 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
                          "a fully quantized score measured on another calibration")
         log.warning("recommend: %s", rec.notes[-1])
 
-    def evaluate(variant: QuantSim, what: str) -> float:
-        variant.set_active(variant.enabled)
-        rec.evaluations += 1
-        return variant.evaluate(analyzer.eval_callback, f"eval_callback (recommendation: {what})")
-
     ranked = culprits(result.layer_impacts(), layers)
     rec.layers = [i.name for i in ranked if i.name in sim.graph]
     sizes = _activation_sizes(sim) if rec.layers else {}
     disabled = result.per_layer_quant_disabled or {}
+    jobs: Dict[str, Tuple[Candidate, QuantSim]] = {}  # label -> the candidate to measure and its simulation
+    for name in rec.layers:
+        for change in _Layer(sim, name, sizes).changes(kinds)[:most]:
+            swept = finite(disabled.get(name)) if change.kind == "float" else None
+            candidate = Candidate(change, swept, None if swept is None else swept - quantized,
+                                  "sweep" if swept is not None else "evaluated")
+            rec.candidates.append(candidate)
+            if swept is None:
+                jobs[f"layer {name!r}, {change.description}"] = (candidate, sim.derive(change.settings))
+            else:
+                log.info("recommend: %s, %s: %.4f (%+.4g vs fully quantized, from the sweep)", name,
+                         change.description, swept, swept - quantized)
+    position = {layer.name: i for i, layer in enumerate(sim.graph.layers)}
+
+    def first(label: str) -> int:  # where the candidate's change first acts: memoized runs go front to back
+        return min(position.get(sim.quantizers[n].layer, 0) for n in jobs[label][0].change.settings)
+
+    def measured(label: str, score: float) -> None:
+        candidate = jobs[label][0]
+        candidate.score = score if math.isfinite(score) else None
+        candidate.delta = score - quantized if math.isfinite(score) else None
+        log.info("recommend: %s, %s: %.4f (%+.4g vs fully quantized)", candidate.change.layer,
+                 candidate.change.description, score, candidate.delta if candidate.delta is not None else math.nan)
+
     try:
-        for name in rec.layers:
-            changes = _Layer(sim, name, sizes).changes(kinds)
-            for change in changes[:most]:
-                swept = finite(disabled.get(name)) if change.kind == "float" else None
-                if swept is not None:
-                    score, source = swept, "sweep"
-                else:
-                    score = evaluate(sim.derive(change.settings), f"layer {name!r}, {change.description}")
-                    source = "evaluated"
-                delta = score - quantized if math.isfinite(score) else None
-                rec.candidates.append(Candidate(change, score if math.isfinite(score) else None, delta, source))
-                log.info("recommend: %s, %s: %s (%+.4g vs fully quantized%s)", name, change.description,
-                         f"{score:.4f}", delta if delta is not None else math.nan,
-                         ", from the sweep" if source == "sweep" else "")
+        order = sorted(jobs, key=first)
+        rec.evaluations += len(order)
+        _evaluate_variants(analyzer, sim, [(label, jobs[label][1], jobs[label][0].change.settings) for label in order],
+                           measured, executor)
         chosen = [] if quantized >= rec.goal else plan_changes(rec.candidates, quantized, rec.goal, rec.layers)
         for c in chosen:
             c.in_plan = True
@@ -636,11 +655,17 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
             rec.score, rec.plan_evaluated = chosen[0].score, "candidate"
         elif chosen:
             described = "; ".join(f"{c.layer}: {c.description}" for c in rec.plan)
-            score = evaluate(plan_sim, f"the plan ({described})")
+            rec.evaluations += 1
+            final: Dict[str, float] = {}
+            _evaluate_variants(analyzer, sim, [(f"the plan ({described})", plan_sim, merged_settings(rec.plan))],
+                               lambda label, score: final.setdefault("score", score), executor)
+            score = final["score"]
             rec.score, rec.plan_evaluated = (score if math.isfinite(score) else None), "final"
         else:
             rec.score = quantized
     finally:
+        if made_here and executor is not None:
+            executor.close()
         sim.activate()  # the analysis's simulation runs again, as it was
     rec.reached = rec.score is not None and rec.score >= rec.goal
     rec.status = "met" if quantized >= rec.goal else ("reached" if rec.reached else "missed")
@@ -657,6 +682,24 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
     if report:
         _register(out, rec.files)
     return rec
+
+
+def _evaluate_variants(analyzer: Any, sim: QuantSim, variants: List[Tuple[str, QuantSim, Mapping[str, Any]]],
+                       finished: Callable[[str, float], None], executor: Any = None) -> None:
+    """Score each (label, variant, the quantizers it changes): on the executor's workers when it
+    takes variants, else here, in one memoized block against the fully quantized model (the
+    variants differ from it only in their changed quantizers: what runs before the first of them
+    is replayed), in the order given."""
+    if not variants:
+        return
+    if executor is not None and executor.variants(analyzer, sim, [(label, v) for label, v, _ in variants], finished):
+        return
+    memo = (analyzer.adapter.memoized(analyzer.memo_memory_budget) if getattr(analyzer, "memoize", False)
+            else contextlib.nullcontext())
+    with Progress(len(variants), "recommendation", getattr(analyzer, "progress", None)) as bar, memo as focus:
+        for label, variant, settings in variants:
+            finished(label, evaluate_variant(variant, analyzer.eval_callback, label, focus, settings))
+            bar.update()
 
 
 def _log_plan(rec: Recommendation) -> None:

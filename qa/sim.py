@@ -364,17 +364,7 @@ class QuantSim:
             >>> wide.quantizers["1_output_0"].encoding is sim.quantizers["1_output_0"].encoding
             True
         """
-        if not self.calibrated:
-            raise QAError("compute_encodings must run before a simulation can be derived")
-        new = copy.copy(self)
-        new.graph = self.graph.copy()
-        new.quantizers = {q.name: q for q in new.graph.quantizers()}
-        for name, q in new.quantizers.items():  # the copy shares the (immutable) encodings
-            q.encoding = self.quantizers[name].encoding
-        new.stats, new._prepared = dict(self.stats), dict(self._prepared)
-        new.unused, new.nonfinite_only = list(self.unused), list(self.nonfinite_only)
-        new.nonfinite, new.sentinel_quantizers = dict(self.nonfinite), dict(self.sentinel_quantizers)
-        new._neginf_masks, new._active = dict(self._neginf_masks), set()
+        new = self._copy("derived")
         weights: Set[str] = set()
         for name, changes in settings.items():
             q = new.quantizers.get(name)
@@ -407,6 +397,81 @@ class QuantSim:
                 quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
                 new._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
         return new
+
+    def adopt(self, states: Mapping[str, Quantizer]) -> "QuantSim":
+        """A copy of this calibrated simulation in which the quantizers in ``states`` take the
+        settings and encodings of the given quantizers as they are: nothing is observed or
+        encoded again (unlike :meth:`derive`), only their quantized forms are prepared. How a
+        variant computed elsewhere (a :meth:`derive` on the driver of a Ray cluster) is rebuilt
+        on a worker that holds the same calibrated simulation.
+
+        Args:
+            states: quantizer name -> a Quantizer (e.g. of another simulation's ``quantizers``)
+                whose settings and encoding to take.
+
+        Returns:
+            The new, calibrated QuantSim (sharing the adapter); this one is unchanged.
+
+        Raises:
+            QAValueError: a name that is no quantizer of this simulation.
+
+        Example:
+            >>> import torch, qa
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+            >>> x = torch.randn(8, 4)
+            >>> analyzer = qa.QuantAnalyzer(net, x[:1], lambda m: m(x), lambda m: 0.0, progress=False)
+            >>> sim = analyzer.create_quantsim("tf", default_param_bw=4)
+            >>> wide = sim.derive({"0_weight": {"bitwidth": 8}})
+            >>> sim.adopt({"0_weight": wide.quantizers["0_weight"]}).encodings() == wide.encodings()
+            True
+        """
+        new = self._copy("adopted")
+        unknown = [n for n in states if n not in new.quantizers]
+        if unknown:
+            raise QAValueError(f"adopt: no quantizer named {unknown[0]!r}")
+        new._install(states)
+        return new
+
+    def _copy(self, what: str) -> "QuantSim":
+        """A shallow copy with its own graph, quantizers and bookkeeping (encodings and prepared forms shared)."""
+        if not self.calibrated:
+            raise QAError(f"compute_encodings must run before a simulation can be {what}")
+        new = copy.copy(self)
+        new.graph = self.graph.copy()
+        new.quantizers = {q.name: q for q in new.graph.quantizers()}
+        for name, q in new.quantizers.items():  # the copy shares the (immutable) encodings
+            q.encoding = self.quantizers[name].encoding
+        new.stats, new._prepared = dict(self.stats), dict(self._prepared)
+        new.unused, new.nonfinite_only = list(self.unused), list(self.nonfinite_only)
+        new.nonfinite, new.sentinel_quantizers = dict(self.nonfinite), dict(self.sentinel_quantizers)
+        new._neginf_masks, new._active = dict(self._neginf_masks), set()
+        return new
+
+    def _install(self, states: Mapping[str, Quantizer]) -> None:
+        """Give the quantizers in ``states`` those quantizers' settings and encodings, and prepare the
+        quantized forms of those that are on and encoded (weights from the adapter's float values)."""
+        for name, source in states.items():
+            q = self.quantizers[name]
+            for f in QUANTIZER_STATE:
+                setattr(q, f, getattr(source, f))
+            self._prepared.pop(name, None)
+            if q.is_param:
+                self.stats.pop(name, None)
+        ready = {n for n in states if self.quantizers[n].enabled and self.quantizers[n].encoding is not None}
+        weights = {n for n in ready if self.quantizers[n].is_param}
+        for definition, values in (self.adapter.weights() if weights else ()):
+            q = self.quantizers[definition.name]
+            if q.name in weights:
+                self._prepared[q.name] = self.adapter.prepare_weight(
+                    definition, q.encoding.fake_quantize(values, rounding=self.rounding))
+        for name in ready - weights:
+            q = self.quantizers[name]
+            self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
+
+
+#: What a quantizer's setting and encoding consist of (what :meth:`QuantSim.adopt` takes over).
+QUANTIZER_STATE = ("enabled", "bitwidth", "symmetric", "strict", "unsigned_symmetric", "per_channel", "axis",
+                   "scheme", "encoding")
 
 
 _SETTINGS = ("enabled", "bitwidth", "per_channel", "symmetric", "scheme")

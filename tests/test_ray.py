@@ -156,12 +156,12 @@ def _score(model, data, record=None, delay=0.0, die_once=None, fail_on_workers=F
     return score
 
 
-def _analyze(kind, results_dir, executor=None, **score_kwargs):
+def _analyze(kind, results_dir, executor=None, analyze_kwargs=None, **score_kwargs):
     model, data = _model(kind), _data()
     analyzer = qa.QuantAnalyzer(model, data[:1], lambda m: m(data), _score(model, data, **score_kwargs),
                                 progress=False)
     return analyzer.analyze("tf_enhanced", default_param_bw=4, default_output_bw=8, results_dir=results_dir,
-                            executor=executor)
+                            executor=executor, **(analyze_kwargs or {}))
 
 
 def _pids(record):
@@ -246,13 +246,35 @@ def test_ray_sweeps_equal_local_sweeps(kind, cluster, tmp_path, caplog):
     assert len(set(workers)) == 2
     assert remote.seconds["per_layer_enabled"] > 0 and remote.seconds["per_layer_disabled"] > 0
     text = caplog.text
-    assert re.search(rf"per-layer enabling on Ray: {layers} layer\(s\) on [12] worker\(s\)", text)
-    assert re.search(rf"per-layer disabling on Ray: {layers} layer\(s\) on [12] worker\(s\)", text)
+    assert re.search(rf"per-layer enabling on Ray: {layers} evaluation\(s\) on [12] worker\(s\)", text)
+    assert re.search(rf"per-layer disabling on Ray: {layers} evaluation\(s\) on [12] worker\(s\)", text)
     assert len(re.findall(r"Ray: worker \d \[.* pid \d+[^\]]*\] ready in", text)) == 2
     # each worker's memoized sweep ran (its statistics come back to the driver's log)
     assert re.search(r"Ray worker \d: memoized sweep: \d+ of \d+ calls replayed", text)
     assert not any(r.levelno >= logging.WARNING for r in caplog.records if r.name == "qa")
     assert ray.is_initialized()  # the executor leaves a Ray it did not start running
+
+
+def test_recommendation_candidates_run_on_the_workers_with_the_local_scores(cluster, tmp_path, caplog):
+    """analyze(recommend=True, executor=...): the candidate fixes are derived on the driver, sent as
+    the quantizers they change, rebuilt on the workers of the sweeps and scored there, bit for bit
+    as locally (a target out of reach: several changes, so the combined plan is evaluated too)."""
+    options = {"recommend": True, "target": {"absolute": 0.0}}
+    local = _analyze("residual", tmp_path / "local", analyze_kwargs=options)
+    with caplog.at_level(logging.INFO, logger="qa"):
+        remote = _analyze("residual", tmp_path / "ray", executor=qa.RayExecutor(num_workers=2),
+                          analyze_kwargs=options, record=tmp_path / "ray.pids")
+    _same_results(remote, local)
+    want, got = local.recommendation, remote.recommendation
+    assert [(c.change.layer, c.change.kind, c.change.value, c.score) for c in got.candidates] == \
+        [(c.change.layer, c.change.kind, c.change.value, c.score) for c in want.candidates]
+    assert (got.score, got.plan_evaluated, got.evaluations) == (want.score, want.plan_evaluated, want.evaluations)
+    assert want.plan_evaluated == "final" and want.evaluations > 3
+    pids = _pids(tmp_path / "ray.pids")
+    layers = len(local.per_layer_quant_enabled)
+    assert len([p for p in pids if p != os.getpid()]) == 2 * layers + want.evaluations  # all on the workers
+    assert re.search(rf"candidate evaluations on Ray: {want.evaluations - 1} evaluation\(s\)", caplog.text)
+    assert _read(remote.results_dir / "recommended_config.json") == _read(local.results_dir / "recommended_config.json")
 
 
 @pytest.mark.parametrize("restarts", [None, 0])

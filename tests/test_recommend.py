@@ -11,6 +11,7 @@ import copy
 import doctest
 import io
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -168,6 +169,32 @@ def test_the_plan_reaches_the_target_and_the_written_config_computes_the_same_sc
     planned = analysed.sim.derive(merged_settings(rec.plan))
     assert fresh.encodings() == planned.encodings()
     assert fresh.enabled == planned.enabled
+
+
+def test_candidate_evaluations_are_memoized_and_equal_full_evaluations(trained, tmp_path, caplog):
+    """With memoize (the default), the candidates run in one memoized block against the fully
+    quantized model: calls before a candidate's first changed quantizer are replayed, and every
+    score equals that of a full evaluation bit for bit."""
+    import logging
+
+    net, xc, xe, ye = trained
+    recs = {}
+    for memoize in (False, True):
+        analyzer = qa.QuantAnalyzer(net, xe[:1], lambda m: m(xc), Counter(xe, ye), progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=tmp_path / str(memoize),
+                                      memoize=memoize)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="qa"):
+            recs[memoize] = recommend(analyzer, analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW), result,
+                                      target={"absolute": 0.0}, results=tmp_path / f"r{memoize}", report=False)
+        replayed = [int(n) for n in re.findall(r"memoized sweep: (\d+) of \d+ calls replayed", caplog.text)]
+        assert (replayed and max(replayed) > 0) if memoize else not replayed
+    full, memo = recs[False], recs[True]
+    assert [(c.change.layer, c.change.description, c.score) for c in memo.candidates] == \
+        [(c.change.layer, c.change.description, c.score) for c in full.candidates]
+    assert (memo.score, memo.evaluations) == (full.score, full.evaluations) and full.plan_evaluated == "final"
 
 
 def test_evaluations_are_counted_as_eval_callback_saw_them(analysed):
