@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from ._version import __version__
 
@@ -84,6 +84,8 @@ DEMO_PROGRESS_EVERY = 5.0  # seconds between "N evaluations done" lines (without
 def _check_demo_args(args: argparse.Namespace) -> None:
     """Every check of `qa demo`'s arguments that argparse does not make, before anything slow starts
     (nothing is created: a refused run leaves no folder behind)."""
+    if args.target is not None and not args.recommend:
+        raise _Usage("--target goes with --recommend")
     if args.mse_batches > DEMO_MSE_BATCHES:
         raise _Usage(f"--mse-batches {args.mse_batches}: the demo has {DEMO_CALIBRATION_IMAGES} calibration images, "
                      f"{DEMO_MSE_BATCHES} batches of {DEMO_MSE_BATCH}; use 1 to {DEMO_MSE_BATCHES}")
@@ -177,7 +179,7 @@ def _demo(args: argparse.Namespace) -> int:
     analyzer.enable_per_layer_mse_loss(steps.mse_data(demo.unlabeled_batches(args.mse_batches, DEMO_MSE_BATCH)),
                                        args.mse_batches)
     r = analyzer.analyze(quant_scheme=args.scheme, default_param_bw=param_bw, default_output_bw=output_bw,
-                         results_dir=args.out)
+                         results_dir=args.out, recommend=args.recommend, target=args.target)
     print(f"  FP32 accuracy                {r.fp32_score:6.2f} %")
     print(f"  weights quantized only       {r.weight_quantized_score:6.2f} %")
     print(f"  activations quantized only   {r.activation_quantized_score:6.2f} %")
@@ -186,6 +188,7 @@ def _demo(args: argparse.Namespace) -> int:
     for name in r.most_sensitive_layers(3):
         extra = f", output SQNR {r.per_layer_sqnr_db[name]:.1f} dB" if name in r.per_layer_sqnr_db else ""
         print(f"  {name:<24} {r.per_layer_quant_enabled[name]:6.2f} % / {r.per_layer_quant_disabled[name]:6.2f} %{extra}")
+    _print_recommendation(r.recommendation, lambda v: "   n/a" if v is None else f"{v:6.2f} %")
     print(f"results ({len(r.files)} files) in {r.results_dir}  [{time.perf_counter() - t0:.1f} s]")
     if (r.results_dir / "index.html").is_file():
         print(f"open {r.results_dir / 'index.html'} in a browser (works offline)")
@@ -718,9 +721,33 @@ def _print_analyze(r: Any, model_file: Any, scorer: Any, what: str, split: str, 
                   f"{score(r.per_layer_quant_disabled[name])}{extra}")
     else:
         print("no layer stands out: quantizing any one of them alone costs nothing measurable")
+    _print_recommendation(r.recommendation, score)
     print(f"results ({len(r.files)} files) in {r.results_dir}  [{seconds:.1f} s]")
     if (r.results_dir / "index.html").is_file():
         print(f"open {r.results_dir / 'index.html'} in a browser (works offline)")
+
+
+def _print_recommendation(rec: Any, score: Callable[[Optional[float]], str]) -> None:
+    """The verified fixes of ``analyze(recommend=True)``: each candidate measured, then the plan."""
+    if rec is None:
+        return
+    print(f"verified fixes ({rec.evaluations} evaluations; target {rec.target.describe()}: >= "
+          f"{score(rec.goal).strip()}):")
+    for c in rec.candidates:
+        where = "  (disabling sweep)" if c.source == "sweep" else ""
+        delta = "" if c.delta is None else f" ({c.delta:+.2f})"
+        mark = "*" if c.in_plan else " "
+        print(f" {mark}{c.change.layer:<20} {c.change.description:<40} {score(c.score)}{delta}{where}")
+    if rec.status == "met":
+        print("plan: none needed, the fully quantized model meets the target")
+        return
+    plan = "; ".join(f"{c.layer}: {c.description}" for c in rec.plan) or "no change helps"
+    verdict = "target reached" if rec.reached else "target MISSED"
+    how = "measured alone" if rec.plan_evaluated == "candidate" else "confirmed by one evaluation"
+    print(f"plan (*): {plan} -> {score(rec.score).strip()} ({how}): {verdict}")
+    if rec.aimet_per_layer:
+        print(f"  for AIMET: recommended_config_aimet.json, plus per-layer changes in code for "
+              f"{', '.join(rec.aimet_per_layer)} (recommendation.json lists them)")
 
 
 def _observed(obs, data):
@@ -773,6 +800,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"batches of {DEMO_MSE_BATCH} images for per-layer MSE, 1..{DEMO_MSE_BATCHES} (default 4)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (the step lines on stdout stay)")
+    p.add_argument("--recommend", action="store_true",
+                   help="measure the fixes for the top culprits and a smallest plan within --target of FP32")
+    p.add_argument("--target", type=_target, default=None, metavar="T",
+                   help="how close to FP32 the plan must get: 0.01 (relative, the default) or abs=0.5")
     p.set_defaults(func=_demo)
     _analyze_flags(sub, bitwidth)
     p = sub.add_parser("report", help="rebuild the HTML pages of a results folder from its JSON files")

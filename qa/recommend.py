@@ -37,14 +37,17 @@ says whether the target is reached, and a miss is reported as one.
 Output (through :class:`qa.report.ResultsDir`):
 
 * ``recommended_config.json``: the analysis's quantsim config with the plan as per-layer
-  overrides in qa's ``layers`` section (:mod:`qa.config`). AIMET's format has no per-layer
-  section (its configs are per op type): the rest of the file is AIMET's format, and the plan
-  sits in that one extension, written with AIMET's own keys (``supported_kernels`` for
-  bitwidths, ``is_output_quantized`` / ``params.<name>.is_quantized`` for float, plus qa's
-  ``params.<name>.per_channel_quantization`` and ``quant_scheme``). AIMET's config schema
-  refuses unknown top-level keys, so for AIMET drop ``layers`` and apply its entries to those
-  layers' quantizers in code. ``analyzer.create_quantsim(scheme, param_bw, output_bw,
-  config_file="recommended_config.json")`` computes exactly the confirmed score.
+  overrides in qa's ``layers`` section (:mod:`qa.config`), written with AIMET's own keys
+  (``supported_kernels`` for bitwidths, ``is_output_quantized`` / ``params.<name>.is_quantized``
+  for float, plus qa's ``params.<name>.per_channel_quantization`` and ``quant_scheme``).
+  ``analyzer.create_quantsim(scheme, param_bw, output_bw, config_file="recommended_config.json")``
+  computes exactly the confirmed score.
+* ``recommended_config_aimet.json``: the same plan in AIMET's format alone (it passes the schema
+  AIMET validates configs against: ``qa/report/schema/aimet_quantsim_config.schema.json``). AIMET
+  configs have no per-layer section, so a planned layer's entry moves to its ``op_type`` when that
+  changes no other layer (checked); the layers for which it cannot (a depthwise conv among other
+  Convs, a per-layer scheme) are listed in ``recommendation.json`` under ``aimet.per_layer``, to
+  be set in code on AIMET's QuantizationSimModel (README: "Using a plan in AIMET").
 * ``recommendation.json``: every candidate tried (layer, change, measured score, its gain over
   the fully quantized model, its cost: extra weight bits, extra activation bits per forward pass
   on ``dummy_input``, extra encodings), the plan, its predicted and confirmed score, whether the
@@ -56,9 +59,11 @@ Output (through :class:`qa.report.ResultsDir`):
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -76,7 +81,7 @@ from .report import ResultsDir
 from .sim import QuantSim
 
 __all__ = ["recommend", "Recommendation", "Candidate", "Change", "Target", "parse_target", "CHANGE_KINDS",
-           "RECOMMENDATION_FILE", "CONFIG_FILE", "RECOMMENDATION_SCHEMA_VERSION"]
+           "RECOMMENDATION_FILE", "CONFIG_FILE", "AIMET_CONFIG_FILE", "RECOMMENDATION_SCHEMA_VERSION", "aimet_config"]
 
 log = logging.getLogger("qa")
 
@@ -89,6 +94,8 @@ DEFAULT_TARGET = 0.01
 NEAR = 0.9  # a candidate with at least this share of its layer's best gain counts as good as the best
 RECOMMENDATION_FILE = "recommendation.json"
 CONFIG_FILE = "recommended_config.json"
+AIMET_CONFIG_FILE = "recommended_config_aimet.json"
+AIMET_BITWIDTHS = (4, 8, 16, 32)  # the kernel bitwidths AIMET's config schema allows
 RECOMMENDATION_SCHEMA_VERSION = 1
 
 
@@ -234,6 +241,8 @@ class Recommendation:
     status: str = "missed"
     evaluations: int = 0
     config: Dict[str, Any] = field(default_factory=dict)
+    aimet_config: Dict[str, Any] = field(default_factory=dict)
+    aimet_per_layer: List[str] = field(default_factory=list)  # planned layers AIMET's format cannot hold
     files: List[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
@@ -253,7 +262,10 @@ class Recommendation:
                      "evaluated": self.plan_evaluated, "reached": self.reached, "status": self.status,
                      "extra_weight_bits": plan_weight,
                      "extra_activation_bits": None if None in acts else sum(acts)},
-            "evaluations": self.evaluations, "config_file": CONFIG_FILE, "seconds": round(self.seconds, 4),
+            "evaluations": self.evaluations, "config_file": CONFIG_FILE,
+            "aimet": {"config_file": AIMET_CONFIG_FILE,
+                      "per_layer": [c.to_dict() for c in self.plan if c.layer in self.aimet_per_layer]},
+            "seconds": round(self.seconds, 4),
             "notes": list(self.notes)}
 
     def brief(self) -> Dict[str, Any]:
@@ -525,7 +537,9 @@ def plan_changes(candidates: Sequence[Candidate], quantized: float, goal: float,
 def _config_mismatch(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]) -> List[str]:
     """Quantizers whose settings the written config would not reproduce (a check without evaluations)."""
     graph = sim.adapter.graph.copy()
-    apply_config(graph, load_config(dict(config)), param_bw=sim.param_bw, output_bw=sim.output_bw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        apply_config(graph, load_config(dict(config)), param_bw=sim.param_bw, output_bw=sim.output_bw)
     out = []
     for q in graph.quantizers():
         v = variant.quantizers[q.name]
@@ -533,6 +547,72 @@ def _config_mismatch(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]
         if q.enabled != v.enabled or (q.enabled and settings != (v.bitwidth, v.per_channel, v.symmetric,
                                                                  variant.scheme_of(v))):
             out.append(q.name)
+    return out
+
+
+def aimet_config(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """The plan in AIMET's own config format, and the layers whose changes it cannot hold.
+
+    AIMET's quantsim config has no per-layer section and its schema refuses unknown keys: qa's
+    extensions (``layers``, ``quant_scheme``, ``params.<name>.per_channel_quantization``) are left
+    out, and each planned layer's entry is moved into ``op_type.<its op type>`` when that changes
+    no other layer (checked by applying the config, as :func:`_config_mismatch` does): then AIMET
+    computes that layer's plan from the file alone. The layers returned must be changed in code
+    there (``recommendation.json`` lists them, with the settings).
+
+    Args:
+        sim: the analysis's calibrated simulation; variant: the plan's (``sim.derive``).
+        config: :func:`merged_config`'s output (qa's form).
+
+    Returns:
+        (the AIMET config dict, the names of the layers left per-layer).
+    """
+    base = {k: copy.deepcopy(v) for k, v in config.items() if k != "layers"}
+    for entry in list(base.get("params", {}).values()) + [
+            p for op in base.get("op_type", {}).values() for p in op.get("params", {}).values()]:
+        entry.pop("per_channel_quantization", None)
+    for op in base.get("op_type", {}).values():
+        op.pop("quant_scheme", None)
+    changed = set(_config_mismatch(sim, variant, base))
+    left: List[str] = []
+    for name, entry in (config.get("layers") or {}).items():
+        own = {q.name for q in variant.graph[name].quantizers} if name in variant.graph else set()
+        lifted = _as_op_type_entry(entry)
+        if lifted is None or name not in variant.graph:
+            left.append(name)
+            continue
+        trial = copy.deepcopy(base)
+        target = trial.setdefault("op_type", {}).setdefault(variant.graph[name].op_type, {})
+        for key, value in lifted.items():
+            target[key] = value
+        now = set(_config_mismatch(sim, variant, trial))
+        if now <= changed and not (now & own):  # this layer is right and no other layer got worse
+            base, changed = trial, now
+        else:
+            left.append(name)
+    return base, left
+
+
+def _as_op_type_entry(entry: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """A ``layers`` entry written with AIMET's op_type keys only; None when it needs qa's extensions
+    (a per-layer encoding scheme, per-channel for one parameter other than the weight)."""
+    if "quant_scheme" in entry:
+        return None
+    kernels = entry.get("supported_kernels") or []
+    if any(k[side]["bitwidth"] not in AIMET_BITWIDTHS for k in kernels for side in ("activation", "param")):
+        return None
+    out = {k: copy.deepcopy(v) for k, v in entry.items() if k != "params"}
+    params: Dict[str, Any] = {}
+    for pname, flags in (entry.get("params") or {}).items():
+        flags = dict(flags)
+        if "per_channel_quantization" in flags:
+            if pname != "weight":
+                return None
+            out["per_channel_quantization"] = flags.pop("per_channel_quantization")
+        if flags:
+            params[pname] = flags
+    if params:
+        out["params"] = params
     return out
 
 
@@ -584,7 +664,7 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
         >>> rec = recommend(analyzer, analyzer.create_quantsim("tf", 3, 8), result, target={"absolute": 5.0},
         ...                 results=out, report=False)
         >>> rec.status in ("reached", "met", "missed"), [p.name for p in rec.files]
-        (True, ['recommended_config.json', 'recommendation.json'])
+        (True, ['recommended_config.json', 'recommended_config_aimet.json', 'recommendation.json'])
     """
     t0 = time.perf_counter()
     goal_target = parse_target(target)
@@ -677,7 +757,9 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
             log.warning("recommend: %s", rec.notes[-1])
     _log_plan(rec)
     rec.seconds = time.perf_counter() - t0
-    rec.files = [out.write_json(rec.config, CONFIG_FILE)]
+    rec.aimet_config, rec.aimet_per_layer = (aimet_config(sim, plan_sim, rec.config) if plan_sim is not None
+                                             else (merged_config(dump_config(sim.config), []), []))
+    rec.files = [out.write_json(rec.config, CONFIG_FILE), out.write_json(rec.aimet_config, AIMET_CONFIG_FILE)]
     rec.files.append(out.write_json(rec.to_dict(), RECOMMENDATION_FILE))
     if report:
         _register(out, rec.files)

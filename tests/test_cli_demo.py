@@ -48,7 +48,8 @@ def test_qa_demo_reports_the_accuracy_drop_and_its_culprit(tmp_path):
             "from qa.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", code, "demo", "--out", str(out), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-c", code, "demo", "--out", str(out), "--no-progress", "--recommend",
+                             "--target", "0.03"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=OUTSIDE)
     try:
         lines = _lines(proc)
@@ -88,6 +89,14 @@ def test_qa_demo_reports_the_accuracy_drop_and_its_culprit(tmp_path):
         assert (out / name).is_file(), name
     text = "\n".join(stdout)
     assert f"{summary['fp32_score']:6.2f} %" in text and "dwconv" in text and str(out) in text
+    # --recommend: the per-channel fix the dashboard used to only advise, measured; the plan confirmed
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["target"] == {"relative": 0.03} and rec["evaluations"] > 3
+    per_channel = next(c for c in rec["candidates"] if c["layer"] == "dwconv" and c["change"] == "per_channel")
+    assert "dwconv_weight per channel" in text and f"{per_channel['score']:6.2f} %" in text
+    plan = next(line for line in stdout if line.startswith("plan (*): "))
+    assert ("target reached" in plan) == rec["plan"]["reached"] and f"{rec['plan']['score']:6.2f}".strip() in plan
+    assert (out / "recommended_config.json").is_file() and (out / "recommended_config_aimet.json").is_file()
 
 
 def _refused(*args):
@@ -118,6 +127,8 @@ def _unwritable(tmp_path):
     ("output-bw", "argument --output-bw: a bitwidth must be from 2 to 32, got 33"),
     ("scheme", "argument --scheme: invalid choice: 'tf_enhance'"),
     ("mse-batches", "--mse-batches 9: the demo has 500 calibration images, 8 batches of 64; use 1 to 8"),
+    ("target", "--target goes with --recommend"),
+    ("target value", "argument --target: expected a number >= 0 such as 0.01 or abs=0.5, got '-1'"),
     ("out is a file", "is a file, not a folder"),
     ("out under a file", "cannot create the folder"),
     ("out not writable", "the folder is not writable"),
@@ -126,7 +137,8 @@ def _unwritable(tmp_path):
 def test_bad_arguments_fail_fast_before_torch_loads(tmp_path, case, needle):
     out = tmp_path / "out"
     args = {"param-bw": ["--param-bw", "1"], "output-bw": ["--output-bw", "33"],
-            "scheme": ["--scheme", "tf_enhance"], "mse-batches": ["--mse-batches", "9"]}.get(case, [])
+            "scheme": ["--scheme", "tf_enhance"], "mse-batches": ["--mse-batches", "9"],
+            "target": ["--target", "0.01"], "target value": ["--recommend", "--target=-1"]}.get(case, [])
     if case == "out is a file":
         out.write_text("a file")
     elif case == "out under a file":
@@ -141,7 +153,7 @@ def test_bad_arguments_fail_fast_before_torch_loads(tmp_path, case, needle):
     assert stdout == ""  # refused before the first line: nothing started
     assert "torch" not in modules, sorted(m for m in modules if "torch" in m)
     assert seconds < FAST, f"refused after {seconds:.1f} s"
-    if case in ("param-bw", "output-bw", "scheme", "mse-batches"):
+    if case in ("param-bw", "output-bw", "scheme", "mse-batches", "target", "target value"):
         assert not out.exists()  # nothing created
 
 

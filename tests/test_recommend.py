@@ -171,6 +171,51 @@ def test_the_plan_reaches_the_target_and_the_written_config_computes_the_same_sc
     assert fresh.enabled == planned.enabled
 
 
+def _aimet_schema():
+    return json.loads((Path(qa.__file__).parent / "report" / "schema" / "aimet_quantsim_config.schema.json")
+                      .read_text())
+
+
+def test_the_aimet_config_is_valid_for_aimet_and_lists_what_it_cannot_hold(analysed):
+    """recommended_config_aimet.json passes AIMET's config schema (no qa extensions); the plan's
+    changes it could not move to an op type (dw is one Conv of three) are listed for AIMET users, and
+    with the file alone qa computes the plan for every other quantizer."""
+    import jsonschema
+
+    rec = analysed.rec
+    path = analysed.out / qa.recommend.AIMET_CONFIG_FILE
+    assert path in rec.files
+    aimet = json.loads(path.read_text())
+    jsonschema.validate(aimet, _aimet_schema())
+    with pytest.raises(jsonschema.ValidationError):  # qa's own form is not AIMET's
+        jsonschema.validate(json.loads((analysed.out / CONFIG_FILE).read_text()), _aimet_schema())
+    listed = json.loads((analysed.out / RECOMMENDATION_FILE).read_text())["aimet"]
+    assert listed["config_file"] == path.name
+    assert [c["layer"] for c in listed["per_layer"]] == rec.aimet_per_layer
+    assert "dw" in rec.aimet_per_layer  # a depthwise Conv: per-channel for all Convs would change conv1 and pw
+    planned = analysed.sim.derive(merged_settings(rec.plan))
+    wrong = qa.recommend._config_mismatch(analysed.sim, planned, aimet)
+    own = {q.name for name in rec.aimet_per_layer for q in analysed.sim.graph[name].quantizers}
+    assert wrong and set(wrong) <= own
+
+
+def test_a_change_aimet_can_hold_moves_to_its_op_type(analysed):
+    """fc is the model's only Gemm: its 8-bit weights become op_type.Gemm's kernel, and a simulation
+    from the AIMET file alone computes the plan's encodings exactly."""
+    import jsonschema
+
+    sim = analysed.sim
+    change = [c for c in qa.recommend._Layer(sim, "fc", {}).changes(["param_bw"]) if c.value == 8]
+    config = merged_config(dump_config(sim.config), change)
+    planned = sim.derive(merged_settings(change))
+    aimet, left = qa.recommend.aimet_config(sim, planned, config)
+    assert left == [] and "layers" not in aimet
+    assert aimet["op_type"]["Gemm"]["supported_kernels"][0]["param"]["bitwidth"] == 8
+    jsonschema.validate(aimet, _aimet_schema())
+    fresh = analysed.analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW, config_file=aimet)
+    assert fresh.encodings() == planned.encodings()
+
+
 def test_candidate_evaluations_are_memoized_and_equal_full_evaluations(trained, tmp_path, caplog):
     """With memoize (the default), the candidates run in one memoized block against the fully
     quantized model: calls before a candidate's first changed quantizer are replayed, and every
