@@ -436,9 +436,9 @@ class QuantAnalyzer:
             records[name] = record
             if q.kind == PARAM:
                 # the file is named as the report finds it: the quantizer name after "<layer>_"
-                results.write_json(record, "weights_pdf", q.layer, f"{q.name[len(q.layer) + 1:]}.json")
+                results.write_json(record, "weights_pdf", q.layer, f"{q.name[len(q.layer) + 1:]}.json", compact=True)
             else:
-                results.write_json(record, "activations_pdf", f"{name}.json")
+                results.write_json(record, "activations_pdf", f"{name}.json", compact=True)
         return records
 
     def export_per_layer_mse_loss(self, sim: QuantSim, results_dir: Any) -> Dict[str, float]:

@@ -78,38 +78,32 @@ results match AIMET's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
+from ._aimet_configs import ALIASES, aimet_config, is_alias
 from ._arrays import check_bitwidth
 from .errors import QAValueError
 from .graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph
 
-__all__ = ["DEFAULT_CONFIG", "GRID_PRESERVING", "ParamConfig", "OpConfig", "Kernel", "QuantsimConfig", "load_config",
+__all__ = ["DEFAULT_CONFIG", "GRID_PRESERVING", "ALIASES", "SUPERGROUP_PASSES", "ParamConfig", "OpConfig", "Kernel", "QuantsimConfig", "load_config",
            "apply_config", "dump_config", "SCHEMES"]
 
-_NO_OUTPUT_QUANTIZER = ("Cast", "Dropout", "Expand", "Gather", "Mean", "Pad", "Squeeze")
 GRID_PRESERVING = frozenset({
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Slice", "Split",
-    "Tile", "DepthToSpace", "SpaceToDepth"})
+    "Col2Im", "Compress", "DepthToSpace", "Dropout", "Expand", "Flatten", "Gather", "GatherElements", "GatherND",
+    "Identity", "MaxPool", "MaxRoiPool", "NonZero", "Pad", "ReduceMax", "ReduceMin", "Reshape", "Slice",
+    "SpaceToDepth", "Split", "SplitToSequence", "Squeeze", "Tile", "TopK", "Transpose", "Unsqueeze", "BatchToSpace",
+    "SpaceToBatch"})
+#: ``supergroup_pass_list`` entries: what each adds to the supergroups (the norm passes fuse the ops of
+#: a LayerNorm / RMSNorm written out op by op in AIMET's ONNX flow; qa sees such a norm as one layer
+#: whenever the framework has one op for it, which needs nothing more).
+SUPERGROUP_PASSES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    "MatmulAdd": (("MatMul", "Add"),), "LayerNormalization": (), "RMSNormalization": ()}
 
-DEFAULT_CONFIG: Dict[str, Any] = {
-    "defaults": {
-        "ops": {"is_output_quantized": "True"},
-        "params": {"is_quantized": "True", "is_symmetric": "True"},
-        "strict_symmetric": "False",
-        "unsigned_symmetric": "True",
-        "per_channel_quantization": "False",
-    },
-    "params": {"bias": {"is_quantized": "False"}},
-    "op_type": {op: {"is_output_quantized": "False"} for op in _NO_OUTPUT_QUANTIZER},
-    "supergroups": [{"op_list": ops} for ops in (
-        ["Conv", "Relu"], ["ConvTranspose", "Relu"], ["Conv", "Clip"], ["Add", "Relu"], ["Gemm", "Relu"])],
-    "model_input": {"is_input_quantized": "True"},
-    "model_output": {},
-}
+DEFAULT_CONFIG: Dict[str, Any] = aimet_config("default")  # AIMET 2.x's default (config_file=None there too)
 
 
 @dataclass
@@ -142,6 +136,7 @@ class OpConfig:
     params: Dict[str, ParamConfig] = field(default_factory=dict)
     supported_kernels: Tuple[Kernel, ...] = ()
     quant_scheme: Optional[str] = None  # qa extension, ``layers`` entries only
+    encoding_constraints: Optional[Tuple[Optional[float], Optional[float]]] = None  # fixed output (min, max)
 
 
 @dataclass
@@ -160,16 +155,19 @@ class QuantsimConfig:
     model_input: Optional[bool] = None
     model_output: Optional[bool] = None
     layers: Dict[str, OpConfig] = field(default_factory=dict)  # qa extension: per-layer overrides
+    supergroup_passes: Tuple[str, ...] = ()
+    hw_version: Optional[str] = None
 
 
 # --------------------------------------------------------------------------- loading
 
-_TOP_KEYS = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output", "layers")
+_TOP_KEYS = ("defaults", "params", "op_type", "supergroups", "supergroup_pass_list", "model_input", "model_output",
+             "layers")
 SCHEMES = ("tf", "tf_enhanced", "percentile")
 _DEFAULTS_KEYS = ("ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
-                  "supported_kernels")
+                  "supported_kernels", "hw_version")
 _OP_FLAGS = ("is_output_quantized", "is_input_quantized", "is_symmetric", "per_channel_quantization")
-_OP_KEYS = _OP_FLAGS + ("params", "supported_kernels")
+_OP_KEYS = _OP_FLAGS + ("params", "supported_kernels", "encoding_constraints")
 _PARAM_KEYS = ("is_quantized", "is_symmetric", "per_channel_quantization")  # the last: qa extension
 _LAYER_KEYS = _OP_KEYS + ("quant_scheme",)  # qa extension
 
@@ -243,13 +241,33 @@ class _Parser:
             cfg.params = self.params(d["params"], f"{path}.params")
         if "supported_kernels" in d:
             cfg.supported_kernels = self.kernels(d["supported_kernels"], f"{path}.supported_kernels")
+        if "encoding_constraints" in d:
+            cfg.encoding_constraints = self.constraints(d["encoding_constraints"], f"{path}.encoding_constraints")
         return cfg
+
+    def constraints(self, value: Any, path: str) -> Tuple[Optional[float], Optional[float]]:
+        d = self.obj(value, path, ("min", "max"))
+        bounds = []
+        for key in ("min", "max"):
+            v = d.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise self.fail(f"{path}.{key}", f"expected a finite number, got {v!r:.80}")
+            bounds.append(None if v is None else float(v))
+        if bounds[0] is None and bounds[1] is None:
+            raise self.fail(path, "expected 'min' and/or 'max'")
+        if bounds[0] is not None and bounds[1] is not None and not bounds[0] < bounds[1]:
+            raise self.fail(path, f"min {bounds[0]} is not below max {bounds[1]}")
+        return bounds[0], bounds[1]
 
     def config(self, value: Any) -> QuantsimConfig:
         d = self.obj(value, "", _TOP_KEYS)
         cfg = QuantsimConfig()
         if "defaults" in d:
-            dd = self.obj(d["defaults"], "defaults", _DEFAULTS_KEYS, silent=("hw_version",))
+            dd = self.obj(d["defaults"], "defaults", _DEFAULTS_KEYS)
+            if "hw_version" in dd:
+                if not isinstance(dd["hw_version"], str):
+                    raise self.fail("defaults.hw_version", f"expected a string, got {dd['hw_version']!r:.80}")
+                cfg.hw_version = dd["hw_version"]
             ops = self.obj(dd.get("ops", {}), "defaults.ops", _OP_FLAGS[:3])
             cfg.defaults = OpConfig(**self.bools(ops, "defaults.ops", _OP_FLAGS[:3]))
             cfg.defaults.per_channel_quantization = self.bools(
@@ -276,6 +294,13 @@ class _Parser:
                     raise self.fail(f"supergroups[{i}].op_list",
                                     f"expected a list of at least 2 op type names, got {ops!r}")
                 cfg.supergroups.append(tuple(ops))
+        if "supergroup_pass_list" in d:
+            passes = d["supergroup_pass_list"]
+            if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+                raise self.fail("supergroup_pass_list", f"expected a list of pass names, got {passes!r:.80}")
+            self.unknown += [f"supergroup_pass_list: {p!r} (known: {', '.join(SUPERGROUP_PASSES)})"
+                             for p in passes if p not in SUPERGROUP_PASSES]
+            cfg.supergroup_passes = tuple(passes)
         if "model_input" in d:
             mi = self.obj(d["model_input"], "model_input", ("is_input_quantized",))
             cfg.model_input = self.bools(mi, "model_input", ("is_input_quantized",)).get(
@@ -330,8 +355,10 @@ def load_config(
         ...                    "op_type": {"Gemm": {"per_channel_quantization": True}}})
         >>> cfg.default_params.is_symmetric, cfg.op_types["Gemm"].per_channel_quantization
         (False, True)
-        >>> load_config(None).op_types["Squeeze"].is_output_quantized
-        False
+        >>> load_config(None).op_types["Conv"].per_channel_quantization  # AIMET 2.x's default
+        True
+        >>> load_config("htp_v73").op_types["Sigmoid"].encoding_constraints
+        (0.0, 1.0)
     """
     if isinstance(config, QuantsimConfig):
         return config
@@ -340,13 +367,17 @@ def load_config(
     if isinstance(config, Mapping):
         return _Parser("(dict)").parse(config)
     if not isinstance(config, (str, os.PathLike)):
-        raise QAValueError(f"quantsim config must be a path, a dict or None, got {type(config).__name__}")
+        raise QAValueError(f"quantsim config must be a path, an alias ({', '.join(ALIASES)}), a dict or None, "
+                           f"got {type(config).__name__}")
     path = os.fspath(config)
+    if is_alias(path) and not os.path.exists(path):  # a file of that name wins, as in AIMET
+        return _Parser(f"'{path}' (AIMET's named config)").parse(aimet_config(path))
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise QAValueError(f"quantsim config file '{path}' not found") from None
+        raise QAValueError(f"quantsim config file '{path}' not found; a config is a JSON file or one of AIMET's "
+                           f"names: {', '.join(ALIASES)}") from None
     except json.JSONDecodeError as e:
         raise QAValueError(f"quantsim config file '{path}' is not valid JSON: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -389,6 +420,14 @@ def _supergroup_chains(graph: QuantGraph, supergroups: List[Tuple[str, ...]]) ->
                 chain.append(nxt[0])
             else:
                 yield chain
+
+
+def _is_bias_add(chain: List[Layer]) -> bool:
+    """MatmulAdd: a MatMul with a weight whose output only a constant is added to (a Linear written as
+    MatMul + Add, as ONNX exports it for 3-D inputs) is fused like a Gemm; an attention MatMul of two
+    activations, or an Add of a model input (a mask), is not."""
+    matmul, add = chain
+    return any(q.kind == PARAM for q in matmul.quantizers) and not add.model_input
 
 
 def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, output_bw: int) -> None:
@@ -454,7 +493,10 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
                 continue
             q.bitwidth, q.per_channel = act_bw, False
             q.symmetric = _first(own.is_symmetric, op.is_symmetric, defaults.is_symmetric, False)
+            q.fixed_range = None
             if q.kind == OUTPUT:
+                q.fixed_range = (own.encoding_constraints if own.encoding_constraints is not None
+                                 else op.encoding_constraints)
                 moves_data = False if layer.op_type in GRID_PRESERVING else None
                 q.enabled = _first(own.is_output_quantized, op.is_output_quantized, moves_data,
                                    defaults.is_output_quantized, True)
@@ -462,7 +504,10 @@ def apply_config(graph: QuantGraph, config: QuantsimConfig, *, param_bw: int, ou
                 q.enabled = _first(own.is_input_quantized, op.is_input_quantized, defaults.is_input_quantized, False)
                 if layer.model_input and config.model_input is not None:
                     q.enabled = config.model_input
-    for chain in _supergroup_chains(graph, config.supergroups):
+    passes = [g for p in config.supergroup_passes for g in SUPERGROUP_PASSES.get(p, ())]
+    fused = list(_supergroup_chains(graph, config.supergroups))
+    fused += [c for c in _supergroup_chains(graph, passes) if _is_bias_add(c)]
+    for chain in fused:
         for layer in chain[:-1]:
             for q in layer.quantizers:
                 if q.kind == OUTPUT:
@@ -502,6 +547,9 @@ def _dump_op(cfg: OpConfig) -> Dict[str, Any]:
         out["params"] = {n: _dump_flags(p, _PARAM_KEYS) for n, p in cfg.params.items()}
     if cfg.supported_kernels:
         out["supported_kernels"] = _dump_kernels(cfg.supported_kernels)
+    if cfg.encoding_constraints is not None:
+        out["encoding_constraints"] = {k: v for k, v in zip(("min", "max"), cfg.encoding_constraints)
+                                       if v is not None}
     if cfg.quant_scheme is not None:
         out["quant_scheme"] = cfg.quant_scheme
     return out
@@ -535,10 +583,14 @@ def dump_config(config: QuantsimConfig) -> Dict[str, Any]:
             defaults[key] = _flag(value)
     if config.defaults.supported_kernels:
         defaults["supported_kernels"] = _dump_kernels(config.defaults.supported_kernels)
+    if config.hw_version is not None:
+        defaults["hw_version"] = config.hw_version
     out: Dict[str, Any] = {"defaults": defaults,
                            "params": {n: _dump_flags(p, _PARAM_KEYS) for n, p in config.param_types.items()},
                            "op_type": {t: _dump_op(c) for t, c in config.op_types.items()},
                            "supergroups": [{"op_list": list(ops)} for ops in config.supergroups],
+                           **({"supergroup_pass_list": list(config.supergroup_passes)}
+                              if config.supergroup_passes else {}),
                            "model_input": ({} if config.model_input is None
                                            else {"is_input_quantized": _flag(config.model_input)}),
                            "model_output": ({} if config.model_output is None

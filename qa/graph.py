@@ -53,6 +53,9 @@ class Quantizer:
     # this quantizer's encoding scheme ("tf", "tf_enhanced", "percentile") when it is not the
     # simulation's (a quantsim config's ``layers.<name>.quant_scheme``); None: the simulation's
     scheme: Optional[str] = None
+    # a quantsim config's ``encoding_constraints`` for this output: fixed (min, max); None on a side
+    # means that side comes from calibration (AIMET's encoding_min_max_fixed_vals)
+    fixed_range: Optional[Tuple[Optional[float], Optional[float]]] = None
 
     @property
     def is_param(self) -> bool:

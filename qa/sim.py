@@ -13,7 +13,7 @@ import numpy as np
 
 from ._arrays import check_bitwidth
 from .config import apply_config, load_config
-from .encodings import Encoding, compute_encoding
+from .encodings import Encoding, compute_encoding, encoding_from_range
 from .errors import QACallbackError, QAError, QAValueError
 from .graph import PARAM, QuantGraph, Quantizer
 from .observers import Histogram, RunningMinMax, find_sentinels
@@ -183,8 +183,17 @@ class QuantSim:
         return Histogram(self.bins, axis=axis, name=q.name)
 
     def _encode(self, q: Quantizer, obs: Any) -> Encoding:
-        return compute_encoding(obs, self.scheme_of(q).value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
-                                unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
+        enc = compute_encoding(obs, self.scheme_of(q).value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
+                               unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
+        if q.fixed_range is None:
+            return enc
+        lo, hi = q.fixed_range  # a config's encoding_constraints: the fixed sides replace the calibrated ones
+        lo = float(enc.min) if lo is None else lo
+        hi = float(enc.max) if hi is None else hi
+        symmetric = q.symmetric or (q.fixed_range[0] is not None and q.fixed_range[1] is not None
+                                    and math.isclose(lo, -hi))
+        return encoding_from_range(lo, hi, q.bitwidth, symmetric=symmetric, strict=q.strict and symmetric,
+                                   unsigned_symmetric=q.unsigned_symmetric, name=q.name)
 
     def compute_encodings(self, forward_pass_callback: CallbackFunc) -> None:
         """Observe weights directly and activations during one run of the calibration callback."""
@@ -471,7 +480,7 @@ class QuantSim:
 
 #: What a quantizer's setting and encoding consist of (what :meth:`QuantSim.adopt` takes over).
 QUANTIZER_STATE = ("enabled", "bitwidth", "symmetric", "strict", "unsigned_symmetric", "per_channel", "axis",
-                   "scheme", "encoding")
+                   "scheme", "fixed_range", "encoding")
 
 
 _SETTINGS = ("enabled", "bitwidth", "per_channel", "symmetric", "scheme")

@@ -113,7 +113,7 @@ def test_sweeps_toggle_a_weight_shared_by_two_linears_from_either_layer(torch, t
     model = tm.TiedLinears().eval()
     batches = [torch.randn(4, 6, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     analyzer = _torch_analyzer(model, batches)
-    sim = analyzer.create_quantsim("tf")
+    sim = analyzer.create_quantsim("tf", config_file="per_tensor")
     quantized = _fake_quant(model.fc_a.weight, sim.quantizers["fc_a_weight"].encoding.to_dict())
     copy_ = analyzer.adapter.model
     for layer in ("fc_a", "fc_b"):
@@ -368,7 +368,7 @@ def test_onnx_initializer_shared_by_two_layers_is_one_quantizer_and_does_not_fol
         np.testing.assert_array_equal(adapter.run(f)[0], om.plain_run(model, f)[0])
     analyzer = qa.QuantAnalyzer(model, feeds[0], lambda s: [s.run(None, f) for f in feeds],
                                 _onnx_score(om, model, feeds), progress=False)
-    sim = analyzer.create_quantsim("tf")
+    sim = analyzer.create_quantsim("tf", config_file="per_tensor")
     enc = sim.quantizers["fc1_weight"].encoding
     w = np.asarray(om.onnx_weight(model, "w"), np.float32)
     expected = np.asarray(kernels.fake_quantize(w, enc.scale, enc.offset, enc.bitwidth), np.float32)

@@ -5,34 +5,36 @@ import warnings
 
 import pytest
 
-from qa.config import apply_config, load_config
+from qa.config import apply_config, dump_config, load_config
 from qa.errors import QAValueError
 from qa.graph import INPUT, OUTPUT, PARAM, Layer, QuantGraph, Quantizer
 
-# AIMET's default config, written out as AIMET writes it (booleans as strings).
+# AIMET 2.x's default config ("default", what config_file=None means there: per-channel weights for
+# Conv, ConvTranspose, Gemm, MatMul and PRelu), written out as AIMET writes it (booleans as strings).
 AIMET_DEFAULT_JSON = """
 {
   "defaults": {
     "ops": {"is_output_quantized": "True"},
     "params": {"is_quantized": "True", "is_symmetric": "True"},
     "strict_symmetric": "False",
-    "unsigned_symmetric": "True",
     "per_channel_quantization": "False"
   },
   "params": {"bias": {"is_quantized": "False"}},
   "op_type": {
-    "Cast": {"is_output_quantized": "False"},
-    "Dropout": {"is_output_quantized": "False"},
-    "Expand": {"is_output_quantized": "False"},
-    "Gather": {"is_output_quantized": "False"},
-    "Mean": {"is_output_quantized": "False"},
-    "Pad": {"is_output_quantized": "False"},
-    "Squeeze": {"is_output_quantized": "False"}
+    "Conv": {"per_channel_quantization": "True"},
+    "ConvTranspose": {"per_channel_quantization": "True"},
+    "Gemm": {"per_channel_quantization": "True"},
+    "MatMul": {"per_channel_quantization": "True"},
+    "PRelu": {"per_channel_quantization": "True"},
+    "BatchNormalization": {"params": {"running_mean": {"is_quantized": "False"},
+                                      "running_var": {"is_quantized": "False"}}},
+    "Cast": {"is_output_quantized": "False"}
   },
+  "supergroup_pass_list": ["MatmulAdd"],
   "supergroups": [
     {"op_list": ["Conv", "Relu"]},
-    {"op_list": ["ConvTranspose", "Relu"]},
     {"op_list": ["Conv", "Clip"]},
+    {"op_list": ["ConvTranspose", "Relu"]},
     {"op_list": ["Add", "Relu"]},
     {"op_list": ["Gemm", "Relu"]}
   ],
@@ -115,7 +117,7 @@ def test_default_config_on_a_small_network():
     ]
     graph = applied(layers, None, param_bw=4, output_bw=16)
     w, b = q(graph, "conv_weight"), q(graph, "conv_bias")
-    assert (w.enabled, w.symmetric, w.per_channel, w.bitwidth) == (True, True, False, 4)
+    assert (w.enabled, w.symmetric, w.per_channel, w.bitwidth) == (True, True, True, 4)  # AIMET 2.x: per channel
     assert not b.enabled
     assert q(graph, "conv_input_0").enabled and q(graph, "conv_input_0").bitwidth == 16
     assert not q(graph, "conv_output_0").enabled  # Conv+Relu supergroup
@@ -126,7 +128,7 @@ def test_default_config_on_a_small_network():
     assert all(not x.strict and x.unsigned_symmetric for x in graph.quantizers())
 
 
-@pytest.mark.parametrize("op_type", ["Cast", "Dropout", "Expand", "Squeeze", "Pad", "Mean", "Gather"])
+@pytest.mark.parametrize("op_type", ["Cast", "Dropout", "Expand", "Squeeze", "Pad", "Gather", "MaxPool", "TopK"])
 def test_shape_only_ops_have_no_output_quantizer_by_default(op_type):
     assert not q(applied([make_layer("x", op_type)]), "x_output_0").enabled
 
@@ -141,7 +143,7 @@ def test_data_movement_has_no_output_quantizer_under_any_config(op_type):
     assert q(applied([make_layer("x", op_type)], forced), "x_output_0").enabled  # but a config can ask for it
 
 
-@pytest.mark.parametrize("op_type", ["MaxPool", "Softmax", "Gelu", "Concat", "Add"])
+@pytest.mark.parametrize("op_type", ["AveragePool", "Mean", "Softmax", "Gelu", "Concat", "Add"])
 def test_computing_ops_keep_their_output_quantizer(op_type):
     assert q(applied([make_layer("x", op_type)]), "x_output_0").enabled
     assert not q(applied([make_layer("x", op_type)], cfg(op_type={op_type: {"is_output_quantized": False}})),
@@ -262,7 +264,7 @@ def test_supergroup_chain_keeps_only_the_last_output():
 
 def test_no_fusion_when_the_first_layer_feeds_two_layers():
     graph = applied([make_layer("conv", "Conv"), make_layer("relu", "Relu", ["conv"]),
-                     make_layer("pool", "MaxPool", ["conv"])])
+                     make_layer("pool", "AveragePool", ["conv"])])
     assert all(q(graph, f"{n}_output_0").enabled for n in ("conv", "relu", "pool"))
 
 
@@ -363,7 +365,7 @@ def test_malformed_files_raise_naming_file_and_key(tmp_path, content, match):
 def test_missing_file_and_bad_argument_types(tmp_path):
     with pytest.raises(QAValueError, match="nope.json.*not found"):
         load_config(tmp_path / "nope.json")
-    with pytest.raises(QAValueError, match="path, a dict or None"):
+    with pytest.raises(QAValueError, match="a dict or None"):
         load_config(42)
 
 
@@ -390,3 +392,60 @@ def test_a_parameter_shared_by_two_layers_is_listed_once_and_set_by_its_owner():
     # the simulation's copy keeps one object for both layers
     copied = graph.copy()
     assert copied["head"].quantizers[0] is copied["emb"].quantizers[0]
+
+
+# --------------------------------------------------------------------------- AIMET's names and keys
+
+
+@pytest.mark.parametrize("alias", ["default", "per_tensor", "htp_v66", "htp_v68", "htp_v69", "htp_v73", "htp_v75",
+                                   "htp_v79", "htp_v81", "htp_v85", "enpu_v6", "enpu_v7"])
+def test_aimet_config_names_load_with_every_key_understood(alias):
+    """config_file accepts AIMET's names; each names a config whose every key qa reads (no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config(alias)
+    assert config == load_config(dump_config(config))  # and writes back unchanged
+
+
+def test_the_default_is_aimet_2s_default_and_htp_v73_is_its_hardware_config():
+    default, htp = load_config(None), load_config("htp_v73")
+    assert default == load_config("default")
+    assert {t for t, c in default.op_types.items() if c.per_channel_quantization} == {
+        "Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"}
+    assert load_config("per_tensor").op_types.get("Conv") is None
+    assert htp.hw_version == "V73" and htp.unsigned_symmetric is False
+    assert htp.op_types["Relu"].encoding_constraints == (0.0, None)
+    assert htp.op_types["Tanh"].encoding_constraints == (-1.0, 1.0)
+    assert htp.supergroup_passes == ("LayerNormalization", "RMSNormalization", "MatmulAdd")
+    assert ("Conv", "BatchNormalization", "Relu") in htp.supergroups
+
+
+def test_a_file_named_like_an_alias_wins_and_a_missing_name_lists_the_aliases(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").write_text(json.dumps(cfg(defaults={"ops": {}, "params": {"is_symmetric": "False"}})))
+    assert load_config("default").default_params.is_symmetric is False
+    with pytest.raises(QAValueError, match="htp_v73"):
+        load_config("htp_v99")
+
+
+def test_encoding_constraints_fix_an_output_range_and_only_outputs():
+    config = cfg(op_type={"Sigmoid": {"encoding_constraints": {"min": 0.0, "max": 1.0}},
+                          "Relu": {"encoding_constraints": {"min": 0.0}}})
+    graph = applied([make_layer("s", "Sigmoid", extra_input=True), make_layer("r", "Relu", ["s"])], config)
+    assert q(graph, "s_output_0").fixed_range == (0.0, 1.0) and q(graph, "s_input_0").fixed_range is None
+    assert q(graph, "r_output_0").fixed_range == (0.0, None)
+    for bad in ({"min": 1.0, "max": 0.0}, {}, {"min": "0"}, {"max": float("nan")}):
+        with pytest.raises(QAValueError, match="encoding_constraints"):
+            load_config(cfg(op_type={"Sigmoid": {"encoding_constraints": bad}}))
+
+
+def test_supergroup_pass_matmul_add_fuses_a_matmul_into_its_bias_add():
+    layers = [make_layer("mm", "MatMul", weight=True), make_layer("add", "Add", ["mm"])]
+    attention = [make_layer("mm", "MatMul"), make_layer("add", "Add", ["mm"])]  # two activations: no Linear
+    assert q(applied(attention, cfg(supergroup_pass_list=["MatmulAdd"])), "mm_output_0").enabled
+    assert q(applied(layers, cfg()), "mm_output_0").enabled
+    assert not q(applied(layers, cfg(supergroup_pass_list=["MatmulAdd"])), "mm_output_0").enabled
+    residual = [make_layer("mm", "MatMul", weight=True), make_layer("add", "Add", ["mm", "x"])]  # not a bias add
+    assert q(applied(residual, cfg(supergroup_pass_list=["MatmulAdd"])), "mm_output_0").enabled
+    with pytest.warns(UserWarning, match="FuseAll"):
+        load_config(cfg(supergroup_pass_list=["FuseAll"]))

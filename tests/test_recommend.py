@@ -31,6 +31,7 @@ from qa.recommend import (CONFIG_FILE, RECOMMENDATION_FILE, Candidate, Change, T
                           merged_settings, parse_target, plan_changes, recommend)
 
 SCHEME, PARAM_BW, OUTPUT_BW = "tf_enhanced", 4, 8
+CONFIG = "per_tensor"  # AIMET's per-tensor weights: the per-channel fix is what the analysis should find
 
 
 class Net(nn.Module):
@@ -110,9 +111,9 @@ def analysed(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("recommend") / "results"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=out)
+        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=out)
     before = (out / "index.html").read_text(encoding="utf-8")
-    sim = analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW)
+    sim = analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG)
     encodings = sim.encodings()
     calls = score.calls
     rec = recommend(analyzer, sim, result, target={"relative": 0.02})
@@ -228,11 +229,11 @@ def test_candidate_evaluations_are_memoized_and_equal_full_evaluations(trained, 
         analyzer = qa.QuantAnalyzer(net, xe[:1], lambda m: m(xc), Counter(xe, ye), progress=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=tmp_path / str(memoize),
+            result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=tmp_path / str(memoize),
                                       memoize=memoize)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="qa"):
-            recs[memoize] = recommend(analyzer, analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW), result,
+            recs[memoize] = recommend(analyzer, analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG), result,
                                       target={"absolute": 0.0}, results=tmp_path / f"r{memoize}", report=False)
         replayed = [int(n) for n in re.findall(r"memoized sweep: (\d+) of \d+ calls replayed", caplog.text)]
         assert (replayed and max(replayed) > 0) if memoize else not replayed
@@ -292,8 +293,8 @@ def test_the_config_round_trips_through_load_config(analysed):
         cfg = load_config(path)
     assert dump_config(cfg) == data
     assert cfg.layers["dw"].params["weight"].per_channel_quantization is True
-    # the rest is the analysis's config (AIMET's defaults here), untouched
-    assert {k: v for k, v in data.items() if k != "layers"} == dump_config(load_config(None))
+    # the rest is the analysis's config (AIMET's per-tensor config here), untouched
+    assert {k: v for k, v in data.items() if k != "layers"} == dump_config(load_config(CONFIG))
 
 
 def test_recommendation_json_validates_against_its_schema(analysed):
@@ -366,7 +367,7 @@ def test_arguments_are_checked(analysed, tmp_path):
     with pytest.raises(QAValueError, match="candidates_per_layer"):
         recommend(a, s, r, candidates_per_layer=["bigger"], results=tmp_path, report=False)
     with pytest.raises(QAValueError, match="not the analysis's"):
-        recommend(a, a.create_quantsim(SCHEME, 8, OUTPUT_BW), r, results=tmp_path, report=False)
+        recommend(a, a.create_quantsim(SCHEME, 8, OUTPUT_BW, CONFIG), r, results=tmp_path, report=False)
     broken = copy.copy(r)
     broken.quantized_score = float("nan")
     with pytest.raises(QAError, match="fully quantized"):
@@ -411,8 +412,8 @@ def test_onnx_model_gets_the_same_fix(trained, tmp_path):
                                 progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=tmp_path / "onnx")
-    sim = analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW)
+        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=tmp_path / "onnx")
+    sim = analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG)
     rec = recommend(analyzer, sim, result, target={"relative": 0.02}, report=False)
     dw = next(name for name in rec.layers if "dw" in name)
     fix = _candidate(rec, dw, "per_channel")
@@ -440,8 +441,8 @@ def test_verified_fixes_show_in_chromium_with_names_as_text(tmp_path):
     out = tmp_path / "results"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=out)
-        rec = recommend(analyzer, analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW), result,
+        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=out)
+        rec = recommend(analyzer, analyzer.create_quantsim(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG), result,
                         target={"relative": 0.02}, results=out)
     assert PAYLOADS[0] in rec.layers and rec.status == "reached"
     with warnings.catch_warnings():
@@ -476,7 +477,7 @@ def test_analyze_recommend_true_runs_it_and_lists_its_files(trained, tmp_path):
     analyzer = qa.QuantAnalyzer(net, xe[:1], lambda m: m(xc), Counter(xe, ye), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=tmp_path, recommend=True,
+        result = analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=tmp_path, recommend=True,
                                   target={"relative": 0.02})
     assert result.recommendation is not None and result.seconds["recommendation"] > 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -484,4 +485,4 @@ def test_analyze_recommend_true_runs_it_and_lists_its_files(trained, tmp_path):
     assert {"recommendation.json", "recommended_config.json"} <= set(summary["files"])
     assert qa.cli.main(["report", str(tmp_path)]) == 0
     with pytest.raises(qa.QAValueError):
-        analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, results_dir=tmp_path / "bad", recommend=True, target="x")
+        analyzer.analyze(SCHEME, PARAM_BW, OUTPUT_BW, CONFIG, results_dir=tmp_path / "bad", recommend=True, target="x")

@@ -591,7 +591,7 @@ def test_json_shapes_per_tensor_in_execution_order(tmp_path):
     torch.manual_seed(0)
     model = tm.ExecutionOrderNet().eval()
     batches = image_batches((6, 4), n=2)
-    result = make_analyzer(model, batches).analyze(quant_scheme="tf", results_dir=tmp_path)
+    result = make_analyzer(model, batches).analyze(quant_scheme="tf", config_file="per_tensor", results_dir=tmp_path)
     order = ["a_first", "m_middle", "relu", "z_last"]
     for file in ("per_layer_quant_enabled.json", "per_layer_quant_disabled.json"):
         data = read_json(tmp_path / file)
@@ -695,7 +695,7 @@ def test_default_activation_bw_alias(tmp_path):
     analyzer = make_analyzer(model, batches)
     result = analyzer.analyze(quant_scheme="tf", default_param_bw=6, default_activation_bw=4, results_dir=tmp_path)
     assert result.default_output_bw == 4 and result.default_param_bw == 6
-    bws = {k: v["bitwidth"] for k, v in result.encodings.items()}
+    bws = {k: (v[0] if isinstance(v, list) else v)["bitwidth"] for k, v in result.encodings.items()}
     assert {k: b for k, b in bws.items() if k.endswith("_weight")} == {k: 6 for k in bws if k.endswith("_weight")}
     assert {k: b for k, b in bws.items() if not k.endswith("_weight")} == {k: 4 for k in bws if not k.endswith("_weight")}
     same = analyzer.analyze(quant_scheme="tf", default_param_bw=6, default_output_bw=4, results_dir=tmp_path / "b")

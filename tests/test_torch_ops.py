@@ -379,7 +379,7 @@ def test_scaled_dot_product_attention_is_written_out(mask):
 
 def test_config_supergroups_apply_to_op_layers():
     """Conv+BN+ReLU written functionally is the Conv+Relu supergroup (the conv's output quantizer
-    off); a user config's MatMul+Add supergroup leaves the matmul's output to the add."""
+    off); a MatMul+Add supergroup (or the default config's MatmulAdd pass) leaves the matmul's output to the add."""
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -400,9 +400,11 @@ def test_config_supergroups_apply_to_op_layers():
         "add_b"]
     sim = analyzer.create_quantsim("tf")
     assert not sim.quantizers["conv/conv2d_output_0"].enabled and sim.quantizers["relu_output_0"].enabled
-    assert sim.quantizers["matmul_output_0"].enabled
-    config = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}},
-              "supergroups": [{"op_list": ["MatMul", "Add"]}]}
+    # the default config's MatmulAdd pass: a MatMul with a weight plus a bias is a Linear, fused
+    assert not sim.quantizers["matmul_output_0"].enabled and sim.quantizers["add_output_0"].enabled
+    plain = {"defaults": {"ops": {"is_output_quantized": "True"}, "params": {"is_quantized": "True"}}}
+    assert analyzer.create_quantsim("tf", config_file=plain).quantizers["matmul_output_0"].enabled
+    config = {**plain, "supergroups": [{"op_list": ["MatMul", "Add"]}]}
     sim = analyzer.create_quantsim("tf", config_file=config)
     assert not sim.quantizers["matmul_output_0"].enabled and sim.quantizers["add_output_0"].enabled
 

@@ -211,10 +211,13 @@ class ResultsDir:
 
     # -- writing --
 
-    def write_json(self, data: Any, *parts: str) -> Path:
-        """Write data as JSON (NaN/inf as null) to ``path(*parts)``; returns the path."""
+    def write_json(self, data: Any, *parts: str, compact: bool = False) -> Path:
+        """Write data as JSON (NaN/inf as null) to ``path(*parts)``; returns the path. Indented for
+        reading, or ``compact`` (no whitespace: bulk numbers such as histogram counts)."""
         target = self.path(*parts)
-        self.write_text(json.dumps(_plain(data), indent=4, ensure_ascii=False, allow_nan=False), target)
+        text = (json.dumps(_plain(data), separators=(",", ":"), ensure_ascii=False, allow_nan=False) if compact
+                else json.dumps(_plain(data), indent=4, ensure_ascii=False, allow_nan=False))
+        self.write_text(text, target)
         return target
 
     def write_text(self, text: str, target: Union[str, os.PathLike]) -> None:
@@ -363,23 +366,35 @@ class ResultsDir:
             raise QAError(f"{name}: not valid JSON ({e})") from None
 
 
-def histogram_record(stats: Any, encoding: Any) -> Dict[str, Any]:
+#: At most this many bins per channel in a per-channel weight's histogram file (neighbouring bins of
+#: the 2,048 observed are added up): one file holds every channel of the weight, and a network
+#: has thousands of channels. Per-tensor histograms keep every bin.
+CHANNEL_BINS = 128
+
+
+def histogram_record(stats: Any, encoding: Any, channel_bins: int = CHANNEL_BINS) -> Dict[str, Any]:
     """The data of one histogram plot: ``lo`` and ``width`` of the bins, the counts from the first
     to the last non-empty bin (bin i spans ``lo + i*width .. lo + (i+1)*width``), the encoding's
-    min/max and the share of values it clips. Compact: no edge list, no empty tails."""
-    def one(counts, lo, width, mn, mx):
+    min/max and the share of values it clips (from the observed bins). Compact: no edge list, no
+    empty tails, and per channel at most ``channel_bins`` bins (whole observed bins added up)."""
+    def one(counts, lo, width, mn, mx, most=None):
         counts = np.asarray(counts)
         nz = np.flatnonzero(counts)
         first, last = (int(nz[0]), int(nz[-1])) if nz.size else (0, -1)
         mids = lo + width * (np.arange(counts.size) + 0.5)
         total = counts.sum()
         clipped = counts[(mids < mn) | (mids > mx)].sum() / total if total else 0.0
-        return {"lo": lo + width * first, "width": width, "counts": counts[first:last + 1],
+        start, kept = lo + width * first, counts[first:last + 1]
+        if most is not None and kept.size > most:  # k whole bins per bin: the edges stay observed edges
+            k = -(-kept.size // most)
+            kept = np.pad(kept, (0, -kept.size % k)).reshape(-1, k).sum(axis=1)
+            width = width * k
+        return {"lo": start, "width": width, "counts": kept,
                 "encoding_min": mn, "encoding_max": mx, "clipped_fraction": clipped}
     if stats.axis is None:
         return one(stats.counts, stats.lo, stats.width, encoding.min, encoding.max)
-    return {"channels": [one(stats.counts[c], stats.lo[c], stats.width[c], encoding.min[c], encoding.max[c])
-                         for c in range(stats.channels)]}
+    return {"channels": [one(stats.counts[c], stats.lo[c], stats.width[c], encoding.min[c], encoding.max[c],
+                             channel_bins) for c in range(stats.channels)]}
 
 
 def build_html(results_dir: Union[str, os.PathLike], *, png: bool = False, svg: bool = False) -> List[Path]:

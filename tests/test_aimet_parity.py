@@ -1,0 +1,184 @@
+"""AIMET parity: qa's defaults are AIMET 2.x's, and with ``aimet_compat=True`` its numbers are AIMET's.
+
+The reference numbers come from one run of aimet-torch 2.42 (``benchmarks/aimet_golden.py``, run
+once in a separate environment; AIMET is never a dependency of qa or of these tests) and are stored
+in ``tests/data/aimet/golden.json``: numbers only, with the numpy recipes of every input, so that the
+same model and data are rebuilt here without AIMET. ``tests/data/aimet/NOTES.md`` says how AIMET
+computes each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import qa  # noqa: E402
+from qa.config import dump_config, load_config  # noqa: E402
+from qa.report import CHANNEL_BINS  # noqa: E402
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "aimet" / "golden.json").read_text())
+MODEL = GOLDEN["model"]
+
+
+def recipe(seed, code):
+    env = {"np": np, "rng": np.random.default_rng(seed)}
+    exec(code, env)  # the recipes are this repository's own test data
+    return np.ascontiguousarray(env["x"], dtype=np.float32)
+
+
+class Add(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+class SmallNet(nn.Module):
+    """golden.json's model: conv1-bn1-relu1, conv2-bn2, add (residual), relu2, maxpool, flatten, fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.add = Add()
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        y1 = self.relu1(self.bn1(self.conv1(x)))
+        y2 = self.bn2(self.conv2(y1))
+        return self.fc(self.flatten(self.pool(self.relu2(self.add(y2, y1)))))
+
+
+def small_net():
+    net = SmallNet()
+    state = {k: torch.from_numpy(recipe(r["seed"], r["code"])) for k, r in MODEL["param_recipes"].items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    return net.eval()
+
+
+def calibration_batches():
+    c = MODEL["calibration"]
+    return [torch.from_numpy(recipe(seed, c["code"])) for seed in c["seeds"]]
+
+
+def eval_images():
+    return torch.from_numpy(recipe(MODEL["eval"]["seed"], MODEL["eval"]["code"]))
+
+
+def agreement(reference):
+    """golden's score: top-1 agreement (%) with the FP32 model's classes on the 64 eval images."""
+    images = eval_images()
+
+    def score(model):
+        with torch.no_grad():
+            return float((model(images).argmax(1) == reference).float().mean() * 100)
+    return score
+
+
+def analyzer_for(net, **kwargs):
+    batches = calibration_batches()
+    reference = torch.tensor(MODEL["eval"]["fp32_reference_argmax"])
+
+    def calibrate(model):
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+    return qa.QuantAnalyzer(net, batches[0][:1], calibrate, agreement(reference), progress=False, **kwargs)
+
+
+# ---- the defaults are AIMET 2.x's ---------------------------------------------------------------
+
+def test_the_golden_model_is_rebuilt_exactly():
+    """The recipes give AIMET's FP32 model: its classes on the eval images are the recorded ones."""
+    net = small_net()
+    with torch.no_grad():
+        classes = net(eval_images()).argmax(1).tolist()
+    assert classes == MODEL["eval"]["fp32_reference_argmax"]
+
+
+@pytest.mark.parametrize("run", sorted(MODEL["runs"]))
+def test_quantizer_placement_is_aimets(run):
+    """Which tensors get quantizers, per channel or not, at which bitwidth, under AIMET's default
+    config (config_file=None) and htp_v73: MaxPool and Flatten keep their input's grid (no output
+    quantizer), Conv+ReLU and Add+ReLU are supergroups, the model input is quantized, bias is not."""
+    spec = MODEL["runs"][run]
+    analyzer = analyzer_for(small_net())
+    sim = analyzer.create_quantsim(spec["quant_scheme"], spec["default_param_bw"], spec["default_output_bw"],
+                                   spec["config_file"])
+    want = {}
+    for module, entry in spec["placement"].items():
+        for kind in ("input", "output"):
+            for i, q in enumerate(entry[f"{kind}_quantizers"]):
+                if q is not None:
+                    want[f"{module}_{kind}_{i}"] = (q["bitwidth"], q["symmetric"], False)
+        for param, q in entry["param_quantizers"].items():
+            if q is not None:
+                want[f"{module}_{param}"] = (q["bitwidth"], q["symmetric"], len(q["shape"]) > 0 and q["shape"][0] > 1)
+    got = {name: (q.bitwidth, q.symmetric, q.per_channel) for name, q in sim.quantizers.items() if q.enabled}
+    assert got == want
+
+
+def test_aimet_config_names_are_aimets_configs():
+    """config_file="default" (and None) and "htp_v73" are, key for key, the files AIMET 2.42 ships
+    under those names (golden holds them as AIMET read them)."""
+    configs = GOLDEN["configs"]
+    assert configs["config_file_None_means"] == "default"
+    assert set(configs["aliases"]) <= set(qa.config.ALIASES)
+    for alias in ("default", "htp_v73"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # every key understood
+            ours = load_config(alias)
+        assert ours == load_config(configs[f"raw_{alias}"]), alias
+        assert dump_config(ours) == dump_config(load_config(configs[f"raw_{alias}"]))
+    assert load_config(None) == load_config("default")
+
+
+def test_every_key_of_aimets_shipped_configs_is_understood():
+    """No AIMET config key warns as unknown (golden lists every key path of the 19 shipped files)."""
+    paths = GOLDEN["configs"]["all_keys"]
+    assert any("supergroup_pass_list" in p for p in paths) and any("encoding_constraints" in p for p in paths)
+    for alias in qa.config.ALIASES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_config(alias)
+
+
+def test_encoding_constraints_fix_the_output_ranges_in_a_simulation():
+    """htp_v73: Sigmoid's output range is [0, 1] whatever the data, Tanh's [-1, 1] (symmetric)."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 4), nn.Tanh()).eval()
+    x = torch.randn(64, 4) * 0.1  # narrow data: a calibrated range would be much smaller
+    analyzer = qa.QuantAnalyzer(net, x[:1], lambda m: m(x), lambda m: 0.0, progress=False)
+    sim = analyzer.create_quantsim("tf_enhanced", 8, 8, "htp_v73")
+    sig, tanh = sim.quantizers["1_output_0"].encoding, sim.quantizers["3_output_0"].encoding
+    assert (sig.min, sig.max, sig.offset) == (0.0, 1.0, 0) and not sig.symmetric
+    assert tanh.symmetric and tanh.max == pytest.approx(1.0, rel=1e-2) and tanh.min == pytest.approx(-1.0, rel=1e-2)
+    free = analyzer.create_quantsim("tf_enhanced", 8, 8, "default").quantizers["1_output_0"].encoding
+    assert free.max < 0.9  # without the constraint: the data's own range (sigmoid(0.1 x) ~ 0.5)
+
+
+def test_per_channel_histograms_stay_small(tmp_path):
+    """With per-channel weights (the default) a weight's histogram file holds at most CHANNEL_BINS
+    bins per channel, compact JSON, every value counted."""
+    net = nn.Sequential(nn.Conv2d(16, 256, 3), nn.ReLU(), nn.Conv2d(256, 256, 3)).eval()
+    x = torch.randn(4, 16, 12, 12)
+    analyzer = qa.QuantAnalyzer(net, x[:1], lambda m: m(x), lambda m: 0.0, progress=False)
+    analyzer.analyze("tf_enhanced", results_dir=tmp_path)
+    path = tmp_path / "weights_pdf" / "2" / "weight.json"
+    text = path.read_text()
+    record = json.loads(text)
+    assert "\n" not in text and len(record["channels"]) == 256
+    assert max(len(c["counts"]) for c in record["channels"]) <= CHANNEL_BINS
+    assert all(sum(c["counts"]) == 256 * 9 for c in record["channels"])
+    assert path.stat().st_size < 256 * CHANNEL_BINS * 8  # a few bytes per bin, not 2,048 indented lines
