@@ -151,10 +151,11 @@ class Adapter(abc.ABC):
         return self._active
 
     @contextlib.contextmanager
-    def observing(self, observers: Mapping[str, Any]) -> Iterator[None]:
-        """Within the block, runs stream every quantizer's tensor into its observer (nothing quantized)."""
+    def observing(self, observers: Mapping[str, Any], running: Optional[ActiveSet] = None) -> Iterator[None]:
+        """Within the block, runs stream every quantizer's tensor into its observer; nothing is
+        quantized but what ``running`` names (AIMET-compatible calibration: the quantized weights)."""
         previous = self._active
-        self.activate(FLOAT)
+        self.activate(FLOAT if running is None else running)
         self._observers = observers
         try:
             yield

@@ -86,6 +86,7 @@ class AnalysisResult:
     error: Optional[str] = None
     fingerprint: Optional[str] = None
     reused_evaluations: int = 0
+    aimet_compat: bool = False  # AIMET 2.x's numbers (analyze(aimet_compat=True))
     recommendation: Optional[Any] = field(default=None, repr=False)  # a qa.recommend.Recommendation
 
     def most_sensitive_layers(self, k: int = 3) -> List[str]:
@@ -109,6 +110,28 @@ class AnalysisResult:
         data["nonfinite_scores"] = nonfinite_scores(self)
         data["files"] = sorted({p.relative_to(self.results_dir).as_posix() for p in self.files} | {"summary.json"})
         return data
+
+
+def _samples(batch: Any) -> int:
+    """How many samples a per-layer MSE batch holds: the leading size of its first array."""
+    while isinstance(batch, (list, tuple, dict)) and batch:
+        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else 1
+
+
+def _with_batch_norms(mse: Dict[str, float], folded: Iterable[Tuple[str, str]]) -> Dict[str, float]:
+    """AIMET keeps a folded batch norm as an identity module, listed after the layer it was folded
+    into with that layer's value."""
+    after: Dict[str, List[str]] = {}
+    for bn, into in folded:
+        after.setdefault(into, []).append(bn)
+    out: Dict[str, float] = {}
+    for name, value in mse.items():
+        out[name] = value
+        for bn in after.get(name, ()):
+            out[bn] = value
+    return out
 
 
 def _results_dir(path: Any) -> ResultsDir:
@@ -328,13 +351,14 @@ class QuantAnalyzer:
 
     def create_quantsim(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                         default_param_bw: int = 8, default_output_bw: int = 8, config_file: Any = None,
-                        *, percentile: float = 99.99, rounding: str = "half_even",
-                        sentinels: str = "float") -> QuantSim:
-        """Configure the quantizers and calibrate them once with forward_pass_callback."""
+                        *, percentile: Optional[float] = None, rounding: str = "half_even",
+                        sentinels: str = "float", aimet_compat: bool = False) -> QuantSim:
+        """Configure the quantizers and calibrate them once with forward_pass_callback
+        (``aimet_compat``: as AIMET 2.x does, :mod:`qa.aimet_compat`)."""
         t = time.perf_counter()
         sim = QuantSim(self.adapter, quant_scheme=quant_scheme, default_param_bw=default_param_bw,
                        default_output_bw=default_output_bw, config_file=config_file, percentile=percentile,
-                       rounding=rounding, sentinels=sentinels)
+                       rounding=rounding, sentinels=sentinels, aimet_compat=aimet_compat)
         sim.compute_encodings(self.forward_pass_callback)
         log.info("calibrated %d quantizers in %.2f s", len(sim.enabled), time.perf_counter() - t)
         return sim
@@ -453,16 +477,24 @@ class QuantAnalyzer:
             raise QAError("call enable_per_layer_mse_loss(data, num_batches) first")
         results = _results_dir(results_dir)
         # The layers the sweeps cover: those with a quantizer on (a layer that only moves values
-        # would repeat its input's error).
-        refs = _References({layer.name for layer in sim.graph.layers if sim.layer_quantizers(layer.name)},
+        # would repeat its input's error); AIMET lists every layer.
+        compat = sim.aimet_compat
+        refs = _References({layer.name for layer in sim.graph.layers if compat or sim.layer_quantizers(layer.name)},
                            self._mse_budget)
         cumulative: Dict[str, ErrorStats] = {}
         local: Optional[Dict[str, ErrorStats]] = {} if self._mse_local else None
         passes = {"fp32": 0, "quantized": 0, "local": 0}
-        batches = 0
+        batches = samples = 0
+        batch_means: Dict[str, float] = {}  # aimet_compat: the sum over batches of each batch's MSE
         with Progress(self._mse_batches, "per-layer MSE", self.progress) as bar:
             for batch in itertools.islice(iter(self._mse_data), self._mse_batches):
+                before = {n: e.totals() for n, e in cumulative.items()}
                 self._mse_batch(sim, batch, refs, cumulative, local, passes)
+                for n, e in cumulative.items():
+                    (sse0, n0), (sse, count) = before.get(n, (0.0, 0)), e.totals()
+                    if count > n0:
+                        batch_means[n] = batch_means.get(n, 0.0) + (sse - sse0) / (count - n0)
+                samples += _samples(batch)
                 batches += 1
                 bar.update()
         if batches == 0:
@@ -472,6 +504,9 @@ class QuantAnalyzer:
         self._log_mse_cost(refs, batches, passes)
         order = [layer.name for layer in sim.graph.layers if layer.name in cumulative]
         mse = {name: cumulative[name].mse for name in order}
+        if compat:  # AIMET's convention (NOTES.md §10): scales with 1 / batch size
+            mse = _with_batch_norms({name: batch_means[name] / max(samples, 1) for name in order},
+                                    sim.graph.folded_batch_norms)
         self._sqnr = {name: cumulative[name].sqnr_db for name in order}
         results.write_json(mse, "per_layer_mse_loss.json")
         self._local_mse, self._local_sqnr = {}, {}
@@ -563,11 +598,11 @@ class QuantAnalyzer:
     def analyze(self, quant_scheme: Union[QuantScheme, str] = QuantScheme.post_training_tf_enhanced,
                 default_param_bw: int = 8, default_output_bw: Optional[int] = None, config_file: Any = None,
                 results_dir: Union[str, Path] = "./tmp/", *, default_activation_bw: Optional[int] = None,
-                percentile: float = 99.99, rounding: str = "half_even",
+                percentile: Optional[float] = None, rounding: str = "half_even",
                 rounding_mode: Optional[str] = None, resume: bool = True, sentinels: str = "float",
                 memoize: bool = True, memo_memory_budget: int = DEFAULT_MEMO_BUDGET,
                 executor: Union[None, str, Executor] = None, recommend: bool = False,
-                target: Any = None) -> AnalysisResult:
+                target: Any = None, aimet_compat: bool = False) -> AnalysisResult:
         """Run every analysis and write the results (the files are listed in README's "The report").
 
         Args:
@@ -576,7 +611,7 @@ class QuantAnalyzer:
             default_output_bw: activation bitwidth (``default_activation_bw`` is an alias).
             config_file: an AIMET quantsim config (path or dict), or None for AIMET's defaults.
             results_dir: where the JSON files go; created if missing.
-            percentile: for the percentile scheme.
+            percentile: for the percentile scheme (default 99.99; with ``aimet_compat``, AIMET's 100).
             rounding: "half_even" (torch, AIMET v2) or "half_away" (AIMET v1).
             rounding_mode: AIMET Keras's name: "nearest" is round half to even; "stochastic"
                 rounding is not simulated.
@@ -606,6 +641,11 @@ class QuantAnalyzer:
             executor: where the per-layer sweeps run: None or "local" (here), "ray", or a
                 ``qa.RayExecutor(address=..., num_workers=..., num_gpus_per_worker=...)`` to spread
                 the layers over a Ray cluster (same scores and files; :mod:`qa.executors`).
+            aimet_compat: AIMET 2.x's numbers instead of qa's (:mod:`qa.aimet_compat`): its
+                histograms, candidate grids and percentile default for the encodings, calibration
+                with the weights quantized, its weight-scale adjustment, and its per-layer MSE
+                convention (per-batch means summed, divided by the number of samples; every
+                layer listed, folded batch norms too). README's "AIMET parity" lists each difference.
 
         Returns:
             An AnalysisResult with everything that was written.
@@ -645,10 +685,11 @@ class QuantAnalyzer:
         try:
             sim = timed("calibration", lambda: self.create_quantsim(scheme, default_param_bw, output_bw, config_file,
                                                                      percentile=percentile, rounding=rounding,
-                                                                     sentinels=sentinels))
+                                                                     sentinels=sentinels, aimet_compat=aimet_compat))
+            result.aimet_compat = sim.aimet_compat
             settings = {"scheme": scheme.value, "param_bw": result.default_param_bw, "output_bw": result.default_output_bw,
-                        "percentile": percentile, "rounding": sim.rounding, "framework": self.adapter.framework,
-                        "sentinels": sim.sentinel_mode}
+                        "percentile": sim.percentile, "rounding": sim.rounding, "framework": self.adapter.framework,
+                        "sentinels": sim.sentinel_mode, "aimet_compat": sim.aimet_compat}
             result.fingerprint = fingerprint(self.adapter.weights(), sim.quantizers.values(), settings)
             reuse = previous.reusable(result.fingerprint) if resume else PreviousRun()
             for file in previous.files:  # this run owns the folder: the previous run's files go

@@ -296,8 +296,13 @@ def _analyze_flags(sub, bitwidth) -> None:
     g.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"])
     g.add_argument("--param-bw", type=bitwidth, default=8, help="weight bitwidth, 2..32 (default 8)")
     g.add_argument("--output-bw", type=bitwidth, default=8, help="activation bitwidth, 2..32 (default 8)")
-    g.add_argument("--percentile", type=_percentile, default=99.99, help="for --scheme percentile, 50..100")
-    g.add_argument("--config", metavar="FILE", help="an AIMET quantsim config JSON")
+    g.add_argument("--percentile", type=_percentile, default=None,
+                   help="for --scheme percentile, 50..100 (default 99.99; with --aimet-compat, AIMET's 100)")
+    g.add_argument("--config", metavar="FILE|NAME",
+                   help="an AIMET quantsim config JSON, or one of AIMET's names: default (the default: per-channel "
+                        "Conv/Gemm/MatMul weights), per_tensor, htp_v66..htp_v85, enpu_v6, enpu_v7")
+    g.add_argument("--aimet-compat", action="store_true",
+                   help="AIMET 2.x's numbers: its encodings, calibration and per-layer MSE convention")
     g.add_argument("--per-channel", action="store_true",
                    help="per-channel weights (sets defaults.per_channel_quantization in the config)")
     g.add_argument("--rounding", choices=["half_even", "half_away"], default="half_even")
@@ -413,7 +418,7 @@ def _analyze_plan(args: argparse.Namespace) -> Dict[str, Any]:
     """Every check that needs no framework: the model file, the data, the flags that go together."""
     import importlib.util
 
-    from .config import DEFAULT_CONFIG, load_config
+    from .config import dump_config, load_config
     from .data import array_file_keys, check_model_path, list_images, parse_shape, read_label_array, read_label_csv
 
     plan: Dict[str, Any] = {"framework": check_model_path(args.model)}
@@ -465,17 +470,8 @@ def _analyze_plan(args: argparse.Namespace) -> Dict[str, Any]:
     config: Any = args.config
     if config is not None:
         load_config(config)  # a missing or malformed file fails now, with its reason
-    if args.per_channel:
-        import copy
-        import json
-
-        if args.config is None:
-            config = copy.deepcopy(DEFAULT_CONFIG)
-        else:
-            with open(args.config, encoding="utf-8") as f:
-                config = json.load(f)
-        if not isinstance(config.get("defaults"), dict):
-            config["defaults"] = {}
+    if args.per_channel:  # the config (a file, an AIMET name or the default) with every weight per channel
+        config = dump_config(load_config(config))
         config["defaults"]["per_channel_quantization"] = "True"
     plan["config"] = config
     _check_results_dir(args.results)
@@ -656,6 +652,7 @@ def _analyze(args: argparse.Namespace) -> int:
     r = analyzer.analyze(quant_scheme=args.scheme, default_param_bw=args.param_bw, default_output_bw=args.output_bw,
                          config_file=plan["config"], results_dir=args.results, percentile=args.percentile,
                          rounding=args.rounding, sentinels=args.sentinels, memoize=not args.no_memoize,
+                         aimet_compat=args.aimet_compat,
                          resume=resume, **extra)
     _write_record(args.results, record, "summary.json")
     _print_analyze(r, model_file, scorer, what, record["data"]["split"], len(analyzer.adapter.graph.layers), args,

@@ -475,6 +475,10 @@ class ErrorStats:
     def count(self) -> int:
         return int(self._acc[5])
 
+    def totals(self) -> Tuple[float, int]:
+        """(sum of squared errors, pairs counted) so far: what a batch adds is the difference."""
+        return float(self._acc[0]), int(self._acc[5])
+
     @property
     def n_nonfinite(self) -> int:
         return int(self._acc[6])

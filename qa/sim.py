@@ -7,17 +7,17 @@ import enum
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Set, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Union
 
 import numpy as np
 
 from ._arrays import check_bitwidth
-from .config import apply_config, load_config
+from .config import GRID_PRESERVING, apply_config, load_config
 from .encodings import Encoding, compute_encoding, encoding_from_range
 from .errors import QACallbackError, QAError, QAValueError
-from .graph import PARAM, QuantGraph, Quantizer
+from .graph import INPUT, OUTPUT, PARAM, QuantGraph, Quantizer
 from .observers import Histogram, RunningMinMax, find_sentinels
-from .adapters._base import ActiveSet
+from .adapters._base import FLOAT, ActiveSet
 
 __all__ = ["QuantScheme", "CallbackFunc", "QuantSim", "SENTINEL_MODES"]
 
@@ -143,13 +143,16 @@ class QuantSim:
     """
 
     def __init__(self, adapter: Any, *, quant_scheme: Union[QuantScheme, str], default_param_bw: int,
-                 default_output_bw: int, config_file: Any = None, percentile: float = 99.99,
-                 rounding: str = "half_even", bins: int = 2048, sentinels: str = "float") -> None:
+                 default_output_bw: int, config_file: Any = None, percentile: Optional[float] = None,
+                 rounding: str = "half_even", bins: int = 2048, sentinels: str = "float",
+                 aimet_compat: bool = False) -> None:
         self.adapter = adapter
         self.scheme = QuantScheme.parse(quant_scheme)
         self.param_bw = check_bitwidth(default_param_bw, "default_param_bw")
         self.output_bw = check_bitwidth(default_output_bw, "default_output_bw")
-        self.percentile = percentile
+        self.aimet_compat = bool(aimet_compat)
+        # AIMET's percentile default is 100 (the histogram's ends); qa's 99.99 clips the rarest outliers
+        self.percentile = (AIMET_PERCENTILE if aimet_compat else QA_PERCENTILE) if percentile is None else percentile
         self.rounding = _rounding(rounding)
         self.bins = bins
         self.sentinel_mode = _sentinel_mode(sentinels)
@@ -157,6 +160,8 @@ class QuantSim:
         self.graph: QuantGraph = adapter.graph.copy()  # this simulation's settings and encodings
         apply_config(self.graph, self.config, param_bw=self.param_bw, output_bw=self.output_bw)
         self.quantizers: Dict[str, Quantizer] = {q.name: q for q in self.graph.quantizers()}
+        if self.aimet_compat:
+            self._aimet_modes()
         self.stats: Dict[str, Any] = {}  # quantizer name -> the observer that saw its data
         self.unused: List[str] = []  # activation quantizers that saw no data during calibration
         self.nonfinite: Dict[str, int] = {}  # quantizer -> NaN/inf values it saw (weights and activations)
@@ -174,15 +179,40 @@ class QuantSim:
         """The scheme that encodes ``q``: its own (a config's ``layers.<name>.quant_scheme``) or the simulation's."""
         return QuantScheme.parse(q.scheme) if q.scheme else self.scheme
 
+    def _aimet_modes(self) -> None:
+        """AIMET 2.x knows two grids only (unsigned asymmetric, signed symmetric): a config's strict or
+        unsigned symmetric settings, which AIMET 2.x refuses, are dropped with a warning."""
+        asked = sorted({k for q in self.quantizers.values() for k, on in (("strict_symmetric", q.strict),
+                        ("unsigned_symmetric", q.unsigned_symmetric and q.symmetric)) if on})
+        for q in self.quantizers.values():
+            q.strict = q.unsigned_symmetric = False
+        if asked and (self.config.strict_symmetric or self.config.unsigned_symmetric):
+            log.warning("aimet_compat: AIMET 2.x supports neither %s (its quantsim refuses them); they are off",
+                        " nor ".join(asked))
+
     def _observer(self, q: Quantizer) -> Any:
         """Activations get a histogram under every scheme (find_sentinels reads it; ``tf`` encodes
         from its exact min/max); ``tf`` weights keep plain min/max."""
         axis = q.axis if (q.is_param and q.per_channel) else None
         if self.scheme_of(q) is QuantScheme.post_training_tf and q.is_param:
-            return RunningMinMax(axis=axis, name=q.name)
-        return Histogram(self.bins, axis=axis, name=q.name)
+            inner: Any = RunningMinMax(axis=axis, name=q.name)
+        else:
+            inner = Histogram(self.bins, axis=axis, name=q.name)
+        if not self.aimet_compat:
+            return inner
+        from .aimet_compat import AimetObserver
+
+        # a fixed output range (encoding_constraints) makes AIMET encode that quantizer with min-max
+        scheme = "tf" if q.fixed_range is not None else self.scheme_of(q).value
+        return AimetObserver(scheme, inner, axis=axis, name=q.name)
 
     def _encode(self, q: Quantizer, obs: Any) -> Encoding:
+        if self.aimet_compat:
+            from . import aimet_compat
+
+            if q.fixed_range is None:
+                return aimet_compat.aimet_encoding(obs, q.bitwidth, q.symmetric, self.percentile)
+            return aimet_compat.aimet_encoding(obs, q.bitwidth, q.symmetric, self.percentile, fixed=q.fixed_range)
         enc = compute_encoding(obs, self.scheme_of(q).value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
                                unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
         if q.fixed_range is None:
@@ -207,15 +237,20 @@ class QuantSim:
             if not obs.seen_finite:  # nothing to encode: the weight stays float, and problems() says why
                 self.nonfinite_only.append(q.name)
                 continue
-            q.encoding = self._encode(q, obs)
+            q.encoding = self._encode_weight(q, obs, values)
             self.stats[q.name] = obs
             quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
             self._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
         observers = {q.name: self._observer(q) for q in self.quantizers.values() if q.enabled and not q.is_param}
-        with self.adapter.observing(observers):
+        # qa observes the FP32 model; AIMET 2.x calibrates with the quantized weights (activations pass through)
+        running = (ActiveSet({n: v for n, v in self._prepared.items() if self.quantizers[n].is_param},
+                             rounding=self.rounding) if self.aimet_compat else FLOAT)
+        with self.adapter.observing(observers, running):
             call_user(forward_pass_callback, self.adapter.model, "forward_pass_callback (calibration)")
         for name, obs in observers.items():
             self._encode_activation(self.quantizers[name], obs)
+        if self.aimet_compat:
+            self._protect_weights()
         self._log_sentinels()
         if self.unused:
             log.warning("%d activation quantizer(s) saw no data during calibration (their layers never ran) and "
@@ -225,6 +260,57 @@ class QuantSim:
                         len(self.nonfinite_only), ", ".join(self.nonfinite_only[:10]))
         self._chain = frozenset(n for n in self.enabled if not self.quantizers[n].is_param)
         self.calibrated = True
+
+    def _encode_weight(self, q: Quantizer, obs: Any, values: np.ndarray) -> Encoding:
+        """A weight's encoding; AIMET 2.x first tries to read a symmetric weight as integer codes
+        times one scale (a weight quantized already keeps its grid)."""
+        if self.aimet_compat and q.symmetric:
+            from .aimet_compat import decompose_weight
+
+            found = decompose_weight(values, q.bitwidth, q.axis if q.per_channel else None)
+            if found is not None:
+                return found
+        return self._encode(q, obs)
+
+    def _protect_weights(self) -> None:
+        """AIMET 2.x's last calibration step for Conv, ConvTranspose and Linear (Gemm) weights: their
+        scale grows where the integer bias or the requantization would overflow (needs the layer's
+        input encoding: its own input quantizer, or the output quantizer upstream)."""
+        from .aimet_compat import protect_weight
+
+        values = {d.name: v for d, v in self.adapter.weights()}
+        for layer in self.graph.layers:
+            if layer.op_type not in _PROTECTED:
+                continue
+            weight = next((q for q in layer.quantizers if q.is_param and q.param == "weight" and q.layer == layer.name
+                           and q.enabled and q.encoding is not None), None)
+            if weight is None:
+                continue
+            bias = next((values.get(q.name) for q in layer.quantizers if q.is_param and q.param == "bias"), None)
+            out = next((q.encoding for q in layer.quantizers if q.kind == OUTPUT and q.enabled), None)
+            protected = protect_weight(weight.encoding, bias, self._input_encoding(layer), out)
+            if protected is not weight.encoding:
+                weight.encoding = protected
+                definition = next(d for d, _ in self.adapter.weights() if d.name == weight.name)
+                self._prepared[weight.name] = self.adapter.prepare_weight(
+                    definition, protected.fake_quantize(values[weight.name], rounding=self.rounding))
+
+    def _input_encoding(self, layer: Any) -> Optional[Encoding]:
+        """The encoding of what ``layer`` reads: its own input quantizer's, else the output quantizer of
+        the layer feeding it, looking through layers that only keep the grid (MaxPool, Flatten)."""
+        own = next((q.encoding for q in layer.quantizers if q.kind == INPUT and q.enabled), None)
+        if own is not None:
+            return own
+        seen = set()
+        while len(layer.inputs) == 1 and layer.inputs[0] in self.graph and layer.inputs[0] not in seen:
+            seen.add(layer.inputs[0])
+            layer = self.graph[layer.inputs[0]]
+            out = next((q.encoding for q in layer.quantizers if q.kind == OUTPUT and q.enabled), None)
+            if out is not None:
+                return out
+            if layer.op_type not in GRID_PRESERVING:
+                return None
+        return None
 
     def _encode_activation(self, q: Quantizer, obs: Any) -> None:
         """The encoding and prepared form of one activation quantizer from what it observed."""
@@ -477,6 +563,10 @@ class QuantSim:
             q = self.quantizers[name]
             self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)
 
+
+_PROTECTED = ("Conv", "ConvTranspose", "Gemm")  # AIMET's QuantizedConv*, QuantizedConvTranspose*, QuantizedLinear
+QA_PERCENTILE = 99.99
+AIMET_PERCENTILE = 100.0
 
 #: What a quantizer's setting and encoding consist of (what :meth:`QuantSim.adopt` takes over).
 QUANTIZER_STATE = ("enabled", "bitwidth", "symmetric", "strict", "unsigned_symmetric", "per_channel", "axis",

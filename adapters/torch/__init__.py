@@ -422,14 +422,14 @@ class TorchAdapter(Adapter):
                         "off, batch-norm statistics frozen), as deployed")
 
     @contextlib.contextmanager
-    def observing(self, observers: Any) -> Iterator[None]:
+    def observing(self, observers: Any, running: Optional[ActiveSet] = None) -> Iterator[None]:
         """Within the block, runs stream every quantizer's tensor into its observer; afterwards,
         modules and ops that ran but have no quantizers of their own for that run are warned about."""
         calls = self._calls
         calls.extra_calls.clear()
         calls.untraced_modules.clear()
         calls.untraced_ops.clear()
-        with super().observing(observers):
+        with super().observing(observers, running):
             yield
         if calls.untraced_modules:
             log.warning("module(s) %s ran during calibration but not on dummy_input, so qa has no quantizers for "
