@@ -505,6 +505,8 @@ class _Builder:
             bw = num(s.get(key))
             if bw is not None and 1 <= bw <= MAX_BITWIDTH:
                 meta.append(f"{what} {int(bw)}-bit")
+        if s.get("aimet_compat") is True:
+            meta.append("AIMET-compatible numbers")
         meta += [f"{len(r.layers)} layers", f"{len(r.quantizers)} quantizers"]
         if r.active_quantizers is not None and r.active_quantizers != len(r.quantizers):
             meta.append(f"{r.active_quantizers} active")
@@ -571,7 +573,8 @@ class _Builder:
             scheme=r.text("quant_scheme"), summary_link=self.data_link(PurePosixPath("summary.json")), folded=folded, unfolded=unfolded,
             unused=s.get("unused_quantizers") or [], sentinels=sentinels, table=self._layer_table(),
             fixes=verified_fixes(r), config_link=self.data_link(PurePosixPath("recommended_config.json")),
-            recommendation_link=self.data_link(PurePosixPath("recommendation.json")))
+            recommendation_link=self.data_link(PurePosixPath("recommendation.json")),
+            aimet_compat=s.get("aimet_compat") if isinstance(s.get("aimet_compat"), bool) else None)
 
     def _histogram_counts(self) -> Dict[str, int]:
         """How many histogram and channel-range pages there are, for the dashboard's list of pages."""
