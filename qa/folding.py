@@ -47,18 +47,21 @@ def fold_batch_norm(weight: np.ndarray, bias: Optional[np.ndarray], *, mean: np.
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     axes = tuple(int(a) % weight.ndim for a in axes)
     channel_shape = tuple(weight.shape[a] for a in axes)
-    var = np.asarray(var, np.float64).reshape(-1)
-    mean = np.asarray(mean, np.float64).reshape(-1)
+    # float32 weights fold in float32, step for step as AIMET (and the frameworks' own fusions) do:
+    # the folded values equal AIMET's bit for bit, so encodings computed from them can too
+    dt = np.float32 if weight.dtype == np.float32 else np.float64
+    var = np.asarray(var).astype(dt).reshape(-1)
+    mean = np.asarray(mean).astype(dt).reshape(-1)
     channels = int(np.prod(channel_shape))
     if var.size != channels or mean.size != channels:
         raise QAValueError(f"{name}: the batch norm has {var.size} channels, the weight {channels} output channels")
-    gamma = np.ones(channels) if gamma is None else np.asarray(gamma, np.float64).reshape(-1)
-    beta = np.zeros(channels) if beta is None else np.asarray(beta, np.float64).reshape(-1)
-    s = gamma / np.sqrt(var + float(eps))
+    gamma = np.ones(channels, dt) if gamma is None else np.asarray(gamma).astype(dt).reshape(-1)
+    beta = np.zeros(channels, dt) if beta is None else np.asarray(beta).astype(dt).reshape(-1)
+    s = gamma / np.sqrt(var + dt(eps))
     shape = [1] * weight.ndim
     for a, n in zip(axes, channel_shape):
         shape[a] = n
-    folded_w = (weight.astype(np.float64) * s.reshape(shape)).astype(weight.dtype)
-    b = np.zeros(channels) if bias is None else np.asarray(bias, np.float64).reshape(-1)
+    folded_w = (weight.astype(dt) * s.reshape(shape)).astype(weight.dtype)
+    b = np.zeros(channels, dt) if bias is None else np.asarray(bias).astype(dt).reshape(-1)
     folded_b = ((b - mean) * s + beta).astype(weight.dtype)
     return folded_w, folded_b

@@ -182,3 +182,12 @@ def test_per_channel_histograms_stay_small(tmp_path):
     assert max(len(c["counts"]) for c in record["channels"]) <= CHANNEL_BINS
     assert all(sum(c["counts"]) == 256 * 9 for c in record["channels"])
     assert path.stat().st_size < 256 * CHANNEL_BINS * 8  # a few bytes per bin, not 2,048 indented lines
+
+
+def test_batch_norms_fold_to_aimets_float32_values_bit_for_bit():
+    """Folding computes in float32 as AIMET does, so the weights every encoding starts from are AIMET's."""
+    folded = MODEL["runs"]["w8a8_tf_enhanced_default"]["folded_fp32_conv_params"]
+    values = {d.name: v for d, v in analyzer_for(small_net()).adapter.weights()}
+    for key, want in folded.items():
+        got = values[key.replace(".", "_")]
+        assert np.array_equal(got.ravel(), np.asarray(want, np.float32)), key
