@@ -59,13 +59,13 @@ def bn_params(prefix, c, seed=0):
 
 
 def folded_reference(w, b, bn, eps, axis):
-    """W * s and (b - mean) * s + beta in float64, s = gamma / sqrt(var + eps)."""
-    s = bn["bn_scale"].astype(np.float64) / np.sqrt(bn["bn_var"].astype(np.float64) + eps)
+    """W * s and (b - mean) * s + beta in float32 step by step (as AIMET folds), s = gamma / sqrt(var + eps)."""
+    f = np.float32
+    s = bn["bn_scale"].astype(f) / np.sqrt(bn["bn_var"].astype(f) + f(eps))
     shape = [1] * w.ndim
     shape[axis] = -1
-    b = np.zeros(len(s)) if b is None else b.astype(np.float64)
-    return ((w.astype(np.float64) * s.reshape(shape)).astype(np.float32),
-            ((b - bn["bn_mean"]) * s + bn["bn_bias"]).astype(np.float32))
+    b = np.zeros(len(s), f) if b is None else b.astype(f)
+    return w.astype(f) * s.reshape(shape), (b - bn["bn_mean"].astype(f)) * s + bn["bn_bias"].astype(f)
 
 
 # ---- name_nodes -----------------------------------------------------------------------------------
