@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 import numpy as np
 
 from ._arrays import check_bitwidth
-from .config import GRID_PRESERVING, apply_config, load_config
+from .config import apply_config, load_config
 from .encodings import Encoding, compute_encoding, encoding_from_range
 from .errors import QACallbackError, QAError, QAValueError
 from .graph import INPUT, OUTPUT, PARAM, QuantGraph, Quantizer
@@ -296,21 +296,14 @@ class QuantSim:
                     definition, protected.fake_quantize(values[weight.name], rounding=self.rounding))
 
     def _input_encoding(self, layer: Any) -> Optional[Encoding]:
-        """The encoding of what ``layer`` reads: its own input quantizer's, else the output quantizer of
-        the layer feeding it, looking through layers that only keep the grid (MaxPool, Flatten)."""
+        """The encoding AIMET sees on what ``layer`` reads: its own input quantizer's, else the output
+        quantizer's of the layer feeding it directly (an encoding does not travel through a MaxPool
+        or Flatten in AIMET: the golden model's fc gets none)."""
         own = next((q.encoding for q in layer.quantizers if q.kind == INPUT and q.enabled), None)
-        if own is not None:
+        if own is not None or len(layer.inputs) != 1 or layer.inputs[0] not in self.graph:
             return own
-        seen = set()
-        while len(layer.inputs) == 1 and layer.inputs[0] in self.graph and layer.inputs[0] not in seen:
-            seen.add(layer.inputs[0])
-            layer = self.graph[layer.inputs[0]]
-            out = next((q.encoding for q in layer.quantizers if q.kind == OUTPUT and q.enabled), None)
-            if out is not None:
-                return out
-            if layer.op_type not in GRID_PRESERVING:
-                return None
-        return None
+        feeding = self.graph[layer.inputs[0]]
+        return next((q.encoding for q in feeding.quantizers if q.kind == OUTPUT and q.enabled), None)
 
     def _encode_activation(self, q: Quantizer, obs: Any) -> None:
         """The encoding and prepared form of one activation quantizer from what it observed."""

@@ -191,3 +191,86 @@ def test_batch_norms_fold_to_aimets_float32_values_bit_for_bit():
     for key, want in folded.items():
         got = values[key.replace(".", "_")]
         assert np.array_equal(got.ravel(), np.asarray(want, np.float32)), key
+
+
+# ---- aimet_compat=True: AIMET's numbers ----------------------------------------------------------
+
+def _qa_name(aimet_key):
+    """golden's quantizer keys ("conv1.input.0", "conv1.weight") as qa names them."""
+    return aimet_key.replace(".", "_")
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL["runs"]))
+def compat_run(request, tmp_path_factory):
+    spec = MODEL["runs"][request.param]
+    analyzer = analyzer_for(small_net())
+    c = MODEL["per_layer_mse"]
+    analyzer.enable_per_layer_mse_loss(calibration_batches(), c["num_batches"])
+    out = tmp_path_factory.mktemp(request.param)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = analyzer.analyze(spec["quant_scheme"], spec["default_param_bw"], spec["default_output_bw"],
+                                  spec["config_file"], results_dir=out, aimet_compat=True)
+    return spec, result, out
+
+
+def _f32(values):
+    return np.asarray(values, np.float32)
+
+
+def test_compat_activation_encodings_are_aimets(compat_run):
+    """Every activation encoding (calibrated, as AIMET does, with the weights quantized) equals
+    AIMET's to float32 precision: min, max, scale and offset. (The weights' are checked through
+    min_max_ranges/weights.json, which holds them after AIMET's weight-scale adjustment.)"""
+    spec, result, _ = compat_run
+    assert result.aimet_compat
+    for key, want in spec["quantizer_encodings"].items():
+        if key.endswith(".weight"):
+            continue
+        got = result.encodings[_qa_name(key)]
+        got = got if isinstance(got, list) else [got]
+        assert [g["offset"] for g in got] == want["legacy_offset"], key
+        for field in ("min", "max", "scale"):
+            np.testing.assert_array_equal(_f32([g[field] for g in got]), _f32(want[field]), err_msg=f"{key} {field}")
+
+
+def test_compat_min_max_range_files_are_aimets(compat_run):
+    spec, _, out = compat_run
+    for name in ("min_max_ranges/weights.json", "min_max_ranges/activations.json"):
+        want = spec["analyzer_files"][name]
+        got = json.loads((out / name).read_text())
+        assert list(got) == list(want), name
+        flat = lambda d: [v for k in d for v in (d[k].values() if isinstance(d[k], dict) else [d[k]])]  # noqa: E731
+        np.testing.assert_array_equal(_f32(flat(got)), _f32(flat(want)), err_msg=name)
+
+
+def test_compat_per_layer_mse_follows_aimets_convention(compat_run):
+    """AIMET's per_layer_mse_loss.json: the same layers (folded batch norms, MaxPool and Flatten too, in
+    AIMET's order) and the same values: per-batch means summed, divided by the number of samples."""
+    spec, result, out = compat_run
+    want = spec["analyzer_files"]["per_layer_mse_loss.json"]
+    got = json.loads((out / "per_layer_mse_loss.json").read_text())
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-4), name
+
+
+def test_compat_scores_and_sweeps_are_aimets(compat_run):
+    spec, result, _ = compat_run
+    scores = spec["scores"]
+    assert (result.fp32_score, result.weight_quantized_score, result.activation_quantized_score,
+            result.quantized_score) == (scores["fp32"], scores["weight_quantized_only"],
+                                        scores["activation_quantized_only"], scores["full_quantized"])
+    assert result.per_layer_quant_enabled == spec["analyzer_files"]["per_layer_quant_enabled.json"]
+    assert result.per_layer_quant_disabled == spec["analyzer_files"]["per_layer_quant_disabled.json"]
+
+
+def test_compat_changes_nothing_by_default():
+    """Without aimet_compat, qa's own choices: activations calibrated on the FP32 model, so a 4-bit
+    weight changes no activation encoding (under aimet_compat it changes most of them, as in AIMET)."""
+    analyzer = analyzer_for(small_net())
+    acts = lambda sim: {n: q.encoding for n, q in sim.quantizers.items()  # noqa: E731
+                        if not q.is_param and q.encoding is not None}
+    assert acts(analyzer.create_quantsim("tf", 8, 8)) == acts(analyzer.create_quantsim("tf", 4, 8))
+    w8, w4 = (acts(analyzer.create_quantsim("tf", bw, 8, aimet_compat=True)) for bw in (8, 4))
+    assert sum(w8[n] != w4[n] for n in w8) >= len(w8) - 1
