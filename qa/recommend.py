@@ -687,6 +687,10 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
                                                                       else result.results_dir)
     rec = Recommendation(goal_target, goal_target.goal(fp32), fp32, quantized, sim.scheme.value, sim.param_bw,
                          sim.output_bw)
+    if sim.aimet_compat:
+        rec.notes.append("aimet_compat: a candidate recomputes only the encodings it changes; AIMET calibrates with the "
+                         "weights quantized, so it would also move the activation ranges after a weight change")
+        log.info("recommend: %s", rec.notes[-1])
     if result.encodings and result.encodings != sim.encodings():
         rec.notes.append("the simulation's encodings differ from the analysis's: the candidates are compared with "
                          "a fully quantized score measured on another calibration")
