@@ -223,6 +223,21 @@ def test_a_non_classifier_is_scored_by_output_sqnr(files, tmp_path, capsys):
     assert "output SQNR against the FP32 model's outputs (label-free" in out
 
 
+def test_aimet_compat_and_aimet_config_names(files, tmp_path, capsys):
+    """--aimet-compat gives AIMET's numbers (summary says so; the MSE lists every layer), --config takes
+    AIMET's names, and --per-channel applies on top of a name."""
+    res, plain = tmp_path / "res", tmp_path / "plain"
+    args = [files["seg_onnx"], "--data", files["npz"], "--batch-size", "8", "--calibration", "1", "--mse-batches", "1"]
+    _ok(*_run(capsys, *args, "--config", "htp_v73", "--aimet-compat", "--results", res))
+    _ok(*_run(capsys, *args, "--config", "per_tensor", "--per-channel", "--results", plain))
+    compat, qa_run = _summary(res), _summary(plain)
+    assert compat["aimet_compat"] is True and qa_run["aimet_compat"] is False
+    assert set(compat["per_layer_mse"]) == {layer["name"] for layer in compat["layers"]}  # every layer, as AIMET
+    assert all(isinstance(v, dict) and len(v) > 1 for v in qa_run["weight_ranges"].values())  # per channel
+    line = _error(capsys, files["seg_onnx"], "--data", files["npz"], "--config", "htp_v99")
+    assert "htp_v73" in line, line  # the names are listed
+
+
 def test_recommend_measures_fixes_and_writes_the_plan(files, tmp_path, capsys):
     res = tmp_path / "res"
     code, out, err = _run(capsys, files["seg_onnx"], "--data", files["npz"], "--batch-size", "8", "--calibration",
