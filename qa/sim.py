@@ -423,7 +423,9 @@ class QuantSim:
         is encoded from the statistics kept from calibration (calibration observes the float
         model, so no other statistic depends on the change and nothing is run). Every other
         quantizer keeps its encoding and prepared form (the very objects). So the copy computes
-        what a simulation calibrated from a config that makes the same settings computes. This
+        what a simulation calibrated from a config that makes the same settings computes (with
+        ``aimet_compat``, calibration saw the quantized weights: there a weight change would also
+        move downstream activation ranges, which the copy keeps). This
         simulation, the adapter's model and the user's model are not changed; nothing is active
         in the copy until ``set_active``.
 
