@@ -18,10 +18,12 @@ from typing import Any, Dict, List, Type
 
 from ..errors import QAError, QAValueError
 
-__all__ = ["register", "adapter_class", "registered", "FILE_SUFFIXES"]
+__all__ = ["register", "adapter_class", "registered", "FILE_SUFFIXES", "load_file"]
 
 # A model file's suffix -> the framework (and adapter module) that reads it.
-FILE_SUFFIXES: Dict[str, str] = {".onnx": "onnx"}
+FILE_SUFFIXES: Dict[str, str] = {".onnx": "onnx", ".keras": "keras", ".h5": "keras", ".pt2": "torch"}
+# the module of each framework's adapter with its ``load_file`` (qa analyze's model files)
+_FILE_READERS = {"onnx": "onnx.files", "keras": "keras", "torch": "torch.files"}
 
 _REGISTRY: List[Type[Any]] = []
 
@@ -77,3 +79,26 @@ def adapter_class(model: Any) -> Type[Any]:
     raise QAValueError(f"unsupported model type {type(model).__module__}.{type(model).__name__}: qa analyses "
                        f"torch.nn.Module models, Keras 3 keras.Model models (Functional or Sequential) "
                        f"and ONNX models (an onnx.ModelProto or the path of a .onnx file)")
+
+
+def load_file(path: "os.PathLike[str]") -> Any:
+    """The model file at ``path`` as a :class:`qa.data.ModelFile`, read by the adapter of the framework
+    its suffix names (:data:`FILE_SUFFIXES`): the one way a framework reads a file in qa.
+
+    Raises:
+        QAValueError: a suffix no adapter reads.
+        QAError: the framework is not installed.
+
+    Example:
+        >>> load_file("model.tflite")
+        Traceback (most recent call last):
+        ...
+        qa.errors.QAValueError: model.tflite: no adapter reads '.tflite' files (.onnx, .keras, .h5, .pt2)
+    """
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    framework = FILE_SUFFIXES.get(suffix)
+    if framework is None:
+        raise QAValueError(f"{os.fspath(path)}: no adapter reads '{suffix}' files ({', '.join(FILE_SUFFIXES)})")
+    _import(framework)
+    module = importlib.import_module(f"{__name__}.{_FILE_READERS[framework]}")
+    return module.load_file(path)

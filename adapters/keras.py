@@ -95,6 +95,7 @@ import inspect
 import itertools
 import logging
 import re
+from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
@@ -1843,3 +1844,39 @@ def _prefixes(base: str) -> List[str]:
     """``a/b/c`` -> ``a``, ``a/b``, ``a/b/c``: the nested models and layers a layer name lies in, and itself."""
     parts = base.split("/")
     return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+# --------------------------------------------------------------------------- model files (qa analyze)
+
+def load_file(path: Any) -> Any:
+    """A ``.keras`` / ``.h5`` file as a :class:`qa.data.ModelFile` (``keras.saving.load_model``,
+    uncompiled): a Functional or Sequential model with defined inputs.
+
+    Example:
+        >>> load_file("cnn.keras").inputs  # doctest: +SKIP
+        [InputSpec(name='input_layer', dims=('?', 32, 32, 3), dtype=dtype('float32'))]
+    """
+    from ..data import InputSpec, ModelFile, flatten_outputs
+
+    model = keras.saving.load_model(str(path), compile=False)
+    try:
+        tensors = list(model.inputs)
+    except (AttributeError, ValueError):
+        raise QAValueError(f"{path}: the model has no defined inputs (a subclassed model?); qa analyzes "
+                           f"Functional and Sequential Keras models") from None
+    inputs = [InputSpec(str(getattr(t, "name", f"input_{i}")), tuple("?" if d is None else int(d) for d in t.shape),
+                        np.dtype(keras.backend.standardize_dtype(t.dtype))) for i, t in enumerate(tensors)]
+    torch_backend = keras.backend.backend() == "torch"
+
+    def run(m: Any, arrays: Any) -> Any:
+        feed = arrays[0] if len(arrays) == 1 else list(arrays)
+        if torch_backend:  # no autograd graph for an inference pass
+            import torch
+
+            with torch.no_grad():
+                out = m(feed, training=False)
+        else:
+            out = m(feed, training=False)
+        return [np.asarray(keras.ops.convert_to_numpy(y)) for y in flatten_outputs(out)]
+
+    return ModelFile(Path(path), "keras", model, inputs, run, lambda arrays: arrays[0] if len(arrays) == 1 else list(arrays))

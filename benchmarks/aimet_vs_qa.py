@@ -455,7 +455,8 @@ def main() -> None:
           f"W8A8 tf_enhanced, default configs; calibration {len(cb.calib)}x32, evaluation {args.eval_images} "
           f"images, per-layer MSE {len(mse_batches)}x32; {torch.get_num_threads()} torch threads; "
           f"qa {qa.__version__}" + (f", aimet_torch {_aimet_version()}" if aimet else "")
-          + (f"; median of {args.repeat}" if args.repeat > 1 else ""), flush=True)
+          + (f"; median of {args.repeat}" if args.repeat > 1 else "")
+          + f"; load average {os.getloadavg()[0]:.2f}", flush=True)
 
     tools: List[Tuple[str, Callable[..., Run]]] = [("qa", lambda *a: run_qa(*a, aimet_compat=False))]
     if compat:
@@ -480,6 +481,9 @@ def main() -> None:
             runs[name] = median_run(repeats)
         print()
         print_table(runs.get("AIMET"), [r for n, r in runs.items() if n != "AIMET"])
+        load = os.getloadavg()
+        print(f"load average at the end: {load[0]:.2f} (1 min), {load[2]:.2f} (15 min); above the "
+              f"{os.cpu_count()} cores, something else was running and the times are not comparable")
         if args.keep:
             print(f"\nresults folders under {os.path.abspath(root)}")
 

@@ -11,10 +11,10 @@ Data is an image folder (:func:`list_images`, :func:`load_images`, read with Pil
 ``.npz`` file (:func:`load_arrays`) or random arrays (:func:`random_batch`); :func:`make_batches`
 cuts samples into batches. Everything is float32 (or the model's dtype) numpy.
 
-``import qa.data`` needs numpy only: a framework (or Pillow) is imported when a file of its kind
-is read. Reading a model file and turning arrays into its tensors is the one place outside
-``qa.adapters`` that calls a framework itself; it imports it with :func:`importlib.import_module`
-at that moment.
+``import qa.data`` needs numpy only: Pillow is imported when an image is read, and a model file is
+read by the adapter of its framework (each adapter module's ``load_file``, through
+:func:`qa.adapters.load_file`), which imports the framework at that moment: no framework is
+called from outside ``qa.adapters``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .adapters import FILE_SUFFIXES
 from .errors import QAError, QAValueError
 
 __all__ = ["MODEL_SUFFIXES", "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "Dim", "InputSpec", "ModelFile",
@@ -40,15 +41,13 @@ __all__ = ["MODEL_SUFFIXES", "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", 
 
 log = logging.getLogger("qa")
 
-#: model file suffix -> framework
-MODEL_SUFFIXES: Dict[str, str] = {".onnx": "onnx", ".keras": "keras", ".h5": "keras", ".pt2": "torch"}
+#: model file suffix -> framework (the adapters' table: each adapter reads its own files)
+MODEL_SUFFIXES: Dict[str, str] = FILE_SUFFIXES
 _FRAMEWORK_NAMES = {"onnx": "ONNX", "keras": "Keras", "torch": "PyTorch (torch.export)"}
 _NEEDS = {"onnx": ("onnx", "onnxruntime"), "keras": ("keras",), "torch": ("torch",)}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
-                9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
 
 Dim = Union[int, str]  # a static size, or the name of a symbolic one ("?" when it has none)
 
@@ -198,9 +197,10 @@ def load_model_file(path: Union[str, os.PathLike]) -> ModelFile:
         [('input', '[batch, 3, 32, 32]')]
     """
     framework = check_model_path(path)
-    loader = {"onnx": _load_onnx, "keras": _load_keras, "torch": _load_torch}[framework]
+    from .adapters import load_file  # the adapter of the file's framework reads it
+
     try:
-        loaded = loader(Path(path))
+        loaded = load_file(Path(path))
     except QAError:
         raise
     except Exception as e:  # a damaged or foreign file: the framework's own words, on one line
@@ -211,96 +211,12 @@ def load_model_file(path: Union[str, os.PathLike]) -> ModelFile:
     return loaded
 
 
-def _load_onnx(path: Path) -> ModelFile:
-    from .adapters.onnx import load_model
-
-    proto, _ = load_model(str(path))
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = []
-    for vi in proto.graph.input:
-        if vi.name in initializers:
-            continue
-        tt = vi.type.tensor_type
-        dims: Optional[Tuple[Dim, ...]] = None
-        if tt.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
-        inputs.append(InputSpec(vi.name, dims, np.dtype(_ONNX_DTYPES.get(tt.elem_type, np.float32))))
-    names = [s.name for s in inputs]
-
-    def run(session: Any, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
-        return [np.asarray(y) for y in session.run(None, dict(zip(names, arrays)))]
-
-    return ModelFile(path, "onnx", proto, inputs, run, lambda arrays: dict(zip(names, arrays)))
-
-
-def _load_keras(path: Path) -> ModelFile:
-    keras = _import("keras", "reading Keras models", "keras")
-    model = keras.saving.load_model(str(path), compile=False)
-    try:
-        tensors = list(model.inputs)
-    except (AttributeError, ValueError):
-        raise QAValueError(f"{path}: the model has no defined inputs (a subclassed model?); qa analyzes "
-                           f"Functional and Sequential Keras models") from None
-    inputs = [InputSpec(str(getattr(t, "name", f"input_{i}")), tuple("?" if d is None else int(d) for d in t.shape),
-                        np.dtype(keras.backend.standardize_dtype(t.dtype))) for i, t in enumerate(tensors)]
-    torch_backend = keras.backend.backend() == "torch"
-
-    def run(m: Any, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
-        feed = arrays[0] if len(arrays) == 1 else list(arrays)
-        if torch_backend:  # no autograd graph for an inference pass
-            with _import("torch", "Keras on the torch backend", "torch").no_grad():
-                out = m(feed, training=False)
-        else:
-            out = m(feed, training=False)
-        return [np.asarray(keras.ops.convert_to_numpy(y)) for y in _flatten(out)]
-
-    return ModelFile(path, "keras", model, inputs, run, lambda arrays: arrays[0] if len(arrays) == 1 else list(arrays))
-
-
-def _load_torch(path: Path) -> ModelFile:
-    torch = _import("torch", "reading .pt2 models", "torch")
-    program = torch.export.load(str(path))
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    inputs = []
-    for name in program.graph_signature.user_inputs:
-        value = placeholders[name].meta.get("val") if name in placeholders else None
-        if not isinstance(value, torch.Tensor):
-            raise QAValueError(f"{path}: input '{name}' is not a tensor ({type(value).__name__}); qa analyze feeds "
-                               f"tensors only")
-        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape)
-        try:
-            dtype = np.dtype(str(value.dtype).replace("torch.", ""))
-        except TypeError:
-            raise QAValueError(f"{path}: input '{name}' has dtype {value.dtype}, which numpy has not") from None
-        inputs.append(InputSpec(name, dims, dtype))
-    module = program.module()
-
-    def run(m: Any, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
-        with torch.no_grad():
-            out = m(*[torch.from_numpy(a) for a in arrays])
-        return [_torch_numpy(y) for y in _flatten(out)]
-
-    def dummy(arrays: Sequence[np.ndarray]) -> Any:
-        tensors = tuple(torch.from_numpy(a) for a in arrays)
-        return tensors[0] if len(tensors) == 1 else tensors
-
-    return ModelFile(path, "torch", module, inputs, run, dummy)
-
-
-def _torch_numpy(t: Any) -> np.ndarray:
-    t = t.detach().cpu()
-    try:
-        return t.numpy()
-    except TypeError:  # bfloat16 and other dtypes numpy has not
-        return t.float().numpy()
-
-
-def _flatten(out: Any) -> List[Any]:
+def flatten_outputs(out: Any) -> List[Any]:
     """The tensors of a model's outputs in order: a tensor, a list/tuple, a dict (its values), nested."""
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten(v)]
+        return [t for v in out.values() for t in flatten_outputs(v)]
     if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flatten(v)]
+        return [t for v in out for t in flatten_outputs(v)]
     return [out] if hasattr(out, "shape") else []
 
 
