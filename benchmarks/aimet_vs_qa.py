@@ -26,10 +26,12 @@ quick run. Data: synthetic images from numpy seeds: calibration 4 batches of 32,
 ``--eval-images`` images (default 256, batches of 64), per-layer MSE the first 2 calibration
 batches. The evaluation callback is top-1 agreement (%) with the FP32 model's predictions.
 
-Run time on 2 CPU cores: the default (ResNet-18 at width 64) takes several minutes, most of it
-AIMET (its per-layer MSE re-runs both models once per layer and batch; its histograms write one
-bokeh HTML page per weight channel, thousands for this model). ``--width 32`` or fewer
-``--eval-images`` make it shorter; ``--model small`` takes seconds.
+Run time on 2 CPU cores (nothing else running): the default (ResNet-18 at width 64, 256
+evaluation images) takes 8-9 minutes, 6-7 of them AIMET (its histograms write one bokeh HTML
+page per weight channel, ~4,900 files for this model; its per-layer MSE re-runs both models once
+per layer and batch). The evaluation set is kept at 256 images for that budget; ``--width 32``
+or fewer ``--eval-images`` make it shorter; ``--model small`` takes seconds. Other work on the
+machine skews the ratios: the load average is printed before and after.
 
 qa's own venv (no AIMET): prints qa's side and one line saying AIMET is missing::
 
@@ -368,7 +370,7 @@ def _size(n: float) -> str:
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
-    if a is None or b is None or a < 0.005 or b < 0.005:
+    if a is None or b is None or a <= 0 or b <= 0:
         return "-"
     return f"{a / b:.1f}x" if a / b >= 10 else f"{a / b:.2f}x"
 
@@ -376,7 +378,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
 def print_table(aimet: Optional[Run], qa_runs: List[Run]) -> None:
     cols = ([aimet] if aimet else []) + qa_runs
     ratios = [(f"AIMET/{r.name}", r) for r in qa_runs] if aimet else []
-    w = 12
+    w = 16
 
     def line(label: str, cells: List[str], more: List[str] = (), width: int = w) -> str:
         return f"{label:<20}" + "".join(f"{c:>{width}}" for c in cells) + "".join(f"{c:>{width + 4}}" for c in more)
@@ -390,7 +392,7 @@ def print_table(aimet: Optional[Run], qa_runs: List[Run]) -> None:
         if stage == "total":
             print("-" * len(head))
         print(line("report (HTML)" if stage == "report" else stage,
-                   ["-" if r.seconds.get(stage) is None else f"{r.seconds[stage]:.2f}" for r in cols],
+                   ["-" if r.seconds.get(stage) is None else f"{r.seconds[stage]:.3f}" for r in cols],
                    [_ratio(aimet.seconds.get(stage), r.seconds.get(stage)) for _, r in ratios]))
     print()
     print(line("callbacks", [r.name for r in cols]))
@@ -482,8 +484,8 @@ def main() -> None:
         print()
         print_table(runs.get("AIMET"), [r for n, r in runs.items() if n != "AIMET"])
         load = os.getloadavg()
-        print(f"load average at the end: {load[0]:.2f} (1 min), {load[2]:.2f} (15 min); above the "
-              f"{os.cpu_count()} cores, something else was running and the times are not comparable")
+        print(f"load average at the end: {load[0]:.2f} (1 min), {load[2]:.2f} (15 min); well above "
+              f"{os.cpu_count()} (the cores) means something else ran meanwhile and the ratios are not reliable")
         if args.keep:
             print(f"\nresults folders under {os.path.abspath(root)}")
 

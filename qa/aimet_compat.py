@@ -122,6 +122,15 @@ class AimetEncoding(Encoding):
     raw_min: Optional[Scalar] = None
     raw_max: Optional[Scalar] = None
 
+    def fake_quantize(self, x: Any, out: Optional[np.ndarray] = None, **kwargs: Any) -> np.ndarray:
+        """Fake-quantize as AIMET evaluates (:func:`fake_quantize_like_aimet`: multiply by the
+        float32 reciprocal of the scale, round half to even); ``rounding`` is ignored."""
+        result = fake_quantize_like_aimet(x, self)
+        if out is None:
+            return result
+        np.copyto(out, result)
+        return out
+
 
 # --------------------------------------------------------------------------------------------
 # Grid, scale and offset (§1)

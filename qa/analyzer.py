@@ -454,6 +454,7 @@ class QuantAnalyzer:
         records: Dict[str, Any] = {}
         for name, q in sim.quantizers.items():
             stats = sim.stats.get(name)
+            stats = getattr(stats, "inner", stats)  # aimet_compat: qa's own histogram beside AIMET's statistics
             if not isinstance(stats, Histogram) or q.encoding is None:
                 continue
             record = histogram_record(stats, q.encoding)
