@@ -714,6 +714,8 @@ class QuantAnalyzer:
                 "min_max_ranges", lambda: self.export_per_layer_encoding_min_max_range(sim, results))
             if scheme is not QuantScheme.post_training_tf:
                 timed("histograms", lambda: self.export_per_layer_stats_histogram(sim, results))
+                if sim.aimet_compat:
+                    sim.aimet_histogram_stage()  # AIMET's histogram stage re-encodes its weights (MSE sees that)
             if self._mse_data is not None:
                 self._write_summary(results, result)
                 result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))

@@ -18,7 +18,7 @@ __all__ = ["fold_batch_norm"]
 def fold_batch_norm(weight: np.ndarray, bias: Optional[np.ndarray], *, mean: np.ndarray, var: np.ndarray,
                     gamma: Optional[np.ndarray] = None, beta: Optional[np.ndarray] = None, eps: float = 1e-5,
                     axis: Union[int, Sequence[int]] = 0,
-                    name: str = "layer") -> Tuple[np.ndarray, np.ndarray]:
+                    name: str = "layer", sigma: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Fold a batch norm that follows a linear layer into the layer's weight and bias.
 
     Args:
@@ -30,6 +30,9 @@ def fold_batch_norm(weight: np.ndarray, bias: Optional[np.ndarray], *, mean: np.
             index is the output channel, as in a Keras depthwise kernel ``[kh, kw, in, mult]``
             (``axis=(2, 3)``).
         name: the layer, for errors.
+        sigma: ``sqrt(var + eps)`` as the framework computes it, when its square root rounds
+            otherwise than numpy's (torch's vectorized float32 sqrt does, in the last bit; AIMET
+            folds with torch's).
 
     Returns:
         (folded weight, folded bias) in the weight's dtype; the bias has one value per channel.
@@ -57,7 +60,7 @@ def fold_batch_norm(weight: np.ndarray, bias: Optional[np.ndarray], *, mean: np.
         raise QAValueError(f"{name}: the batch norm has {var.size} channels, the weight {channels} output channels")
     gamma = np.ones(channels, dt) if gamma is None else np.asarray(gamma).astype(dt).reshape(-1)
     beta = np.zeros(channels, dt) if beta is None else np.asarray(beta).astype(dt).reshape(-1)
-    s = gamma / np.sqrt(var + dt(eps))
+    s = gamma / (np.sqrt(var + dt(eps)) if sigma is None else np.asarray(sigma).astype(dt).reshape(-1))
     shape = [1] * weight.ndim
     for a, n in zip(axes, channel_shape):
         shape[a] = n

@@ -169,6 +169,7 @@ class QuantSim:
         self.sentinel_quantizers: Dict[str, str] = {}  # quantizer -> its sentinel values and what was done
         self._neginf_masks: Dict[str, int] = {}  # -inf sentinels of quantizers kept in float: no problem
         self._prepared: Dict[str, Any] = {}  # quantizer name -> its quantized form, in the adapter's terms
+        self._unprotected: Dict[str, Encoding] = {}  # aimet_compat: weights' encodings before AIMET's protection
         self._chain: FrozenSet[str] = frozenset()
         self._active: Set[str] = set()
         self.calibrated = False
@@ -290,10 +291,25 @@ class QuantSim:
             out = next((q.encoding for q in layer.quantizers if q.kind == OUTPUT and q.enabled), None)
             protected = protect_weight(weight.encoding, bias, self._input_encoding(layer), out)
             if protected is not weight.encoding:
+                self._unprotected[weight.name] = weight.encoding
                 weight.encoding = protected
                 definition = next(d for d, _ in self.adapter.weights() if d.name == weight.name)
                 self._prepared[weight.name] = self.adapter.prepare_weight(
                     definition, protected.fake_quantize(values[weight.name], rounding=self.rounding))
+
+    def aimet_histogram_stage(self) -> None:
+        """What AIMET's QuantAnalyzer does to its simulation when it writes the weight histograms: it
+        observes every weight again, which leaves the weights with their calibrated encodings
+        without the overflow protection; its per-layer MSE then runs on those. ``aimet_compat``
+        analyses call this after the histograms, so that their MSE is AIMET's too."""
+        values = {d.name: (d, v) for d, v in self.adapter.weights()} if self._unprotected else {}
+        for name, encoding in self._unprotected.items():
+            definition, array = values[name]
+            self.quantizers[name].encoding = encoding
+            self._prepared[name] = self.adapter.prepare_weight(definition,
+                                                               encoding.fake_quantize(array, rounding=self.rounding))
+        self._unprotected = {}
+        self.activate()
 
     def _input_encoding(self, layer: Any) -> Optional[Encoding]:
         """The encoding AIMET sees on what ``layer`` reads: its own input quantizer's, else the output
@@ -535,6 +551,7 @@ class QuantSim:
         new.unused, new.nonfinite_only = list(self.unused), list(self.nonfinite_only)
         new.nonfinite, new.sentinel_quantizers = dict(self.nonfinite), dict(self.sentinel_quantizers)
         new._neginf_masks, new._active = dict(self._neginf_masks), set()
+        new._unprotected = dict(self._unprotected)
         return new
 
     def _install(self, states: Mapping[str, Quantizer]) -> None:

@@ -32,9 +32,11 @@ def _np64(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
 def _fold_params(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Module, axis: int,
                  name: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """The folded weight and bias (:func:`qa.folding.fold_batch_norm`) as tensors like ``weight``."""
+    with torch.no_grad():  # torch's float32 sqrt, as AIMET folds (numpy's differs in the last bit)
+        sigma = torch.sqrt(bn.running_var.float() + bn.eps).cpu().numpy() if weight.dtype == torch.float32 else None
     w, b = fold_batch_norm(weight.detach().cpu().numpy(), _np64(bias), mean=_np64(bn.running_mean),
                            var=_np64(bn.running_var), gamma=_np64(bn.weight), beta=_np64(bn.bias), eps=bn.eps,
-                           axis=axis, name=name)
+                           axis=axis, name=name, sigma=sigma)
     return torch.from_numpy(w).to(weight.device), torch.from_numpy(b).to(weight.device)
 
 
