@@ -539,8 +539,9 @@ class AimetObserver:
         self._counts[sel], self._edges[sel] = counts, edges
         self._min[sel], self._max[sel] = bmin, bmax
         if math.isfinite(self.growth):
-            half = (hi - lo) * _F(self.growth) / _F(2)
-            self._left[sel], self._right[sel] = lo - half, hi + half
+            with np.errstate(over="ignore", invalid="ignore"):  # a float32-wide range: limits at +-inf, as in AIMET
+                half = (hi - lo) * _F(self.growth) / _F(2)
+                self._left[sel], self._right[sel] = lo - half, hi + half
 
     def _merge(self, rows: np.ndarray, sel: np.ndarray, bmin: np.ndarray, bmax: np.ndarray) -> None:
         """merge_stats: grow the range (within the limits), re-bin old counts, add the batch."""

@@ -714,11 +714,12 @@ class QuantAnalyzer:
                 "min_max_ranges", lambda: self.export_per_layer_encoding_min_max_range(sim, results))
             if scheme is not QuantScheme.post_training_tf:
                 timed("histograms", lambda: self.export_per_layer_stats_histogram(sim, results))
-                if sim.aimet_compat:
-                    sim.aimet_histogram_stage()  # AIMET's histogram stage re-encodes its weights (MSE sees that)
             if self._mse_data is not None:
                 self._write_summary(results, result)
-                result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
+                # AIMET's histogram stage re-encodes its weights without their overflow protection; its MSE sees that
+                aimet_mse = sim.aimet_compat and scheme is not QuantScheme.post_training_tf
+                with sim.aimet_unprotected_weights() if aimet_mse else contextlib.nullcontext():
+                    result.per_layer_mse = timed("per_layer_mse", lambda: self.export_per_layer_mse_loss(sim, results))
                 result.per_layer_sqnr_db = dict(self._sqnr)
                 result.per_layer_local_mse = dict(self._local_mse)
                 result.per_layer_local_sqnr_db = dict(self._local_sqnr)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Set, Union
 
 import numpy as np
 
@@ -297,19 +298,29 @@ class QuantSim:
                 self._prepared[weight.name] = self.adapter.prepare_weight(
                     definition, protected.fake_quantize(values[weight.name], rounding=self.rounding))
 
-    def aimet_histogram_stage(self) -> None:
-        """What AIMET's QuantAnalyzer does to its simulation when it writes the weight histograms: it
-        observes every weight again, which leaves the weights with their calibrated encodings
-        without the overflow protection; its per-layer MSE then runs on those. ``aimet_compat``
-        analyses call this after the histograms, so that their MSE is AIMET's too."""
-        values = {d.name: (d, v) for d, v in self.adapter.weights()} if self._unprotected else {}
-        for name, encoding in self._unprotected.items():
-            definition, array = values[name]
-            self.quantizers[name].encoding = encoding
-            self._prepared[name] = self.adapter.prepare_weight(definition,
-                                                               encoding.fake_quantize(array, rounding=self.rounding))
-        self._unprotected = {}
-        self.activate()
+    @contextlib.contextmanager
+    def aimet_unprotected_weights(self) -> Iterator[None]:
+        """Within the block, the weights AIMET's overflow protection changed run with their encodings
+        from before it: what AIMET's QuantAnalyzer leaves in its simulation after its histogram
+        stage (which observes every weight again) and so what its per-layer MSE runs on.
+        ``aimet_compat`` analyses wrap their MSE stage in it; afterwards the protected weights are back."""
+        if not self._unprotected:
+            yield
+            return
+        values = {d.name: (d, v) for d, v in self.adapter.weights()}
+        kept = {n: (self.quantizers[n].encoding, self._prepared[n]) for n in self._unprotected}
+        try:
+            for name, encoding in self._unprotected.items():
+                definition, array = values[name]
+                self.quantizers[name].encoding = encoding
+                self._prepared[name] = self.adapter.prepare_weight(
+                    definition, encoding.fake_quantize(array, rounding=self.rounding))
+            self.activate()
+            yield
+        finally:
+            for name, (encoding, prepared) in kept.items():
+                self.quantizers[name].encoding, self._prepared[name] = encoding, prepared
+            self.activate()
 
     def _input_encoding(self, layer: Any) -> Optional[Encoding]:
         """The encoding AIMET sees on what ``layer`` reads: its own input quantizer's, else the output

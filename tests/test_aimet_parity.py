@@ -301,3 +301,20 @@ def test_compat_at_scale_resnet18_ranges_are_aimets(tmp_path):
     assert list(got) == list(want["weights"])
     mismatched = [(k, c) for k in want["weights"] for c in want["weights"][k] if got[k][c] != want["weights"][k][c]]
     assert not mismatched, mismatched[:5]
+
+
+def test_compat_mse_runs_on_aimets_weights_and_the_rest_on_the_protected_ones(tmp_path):
+    """AIMET's MSE stage sees its weights without the overflow protection (its histogram stage re-encodes
+    them); qa replays that for the MSE only: the verified fixes after it compare with the fully quantized
+    score of the protected simulation, the one the sweeps used."""
+    analyzer = analyzer_for(small_net())
+    analyzer.enable_per_layer_mse_loss(calibration_batches(), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = analyzer.analyze("tf_enhanced", 4, 8, results_dir=tmp_path, aimet_compat=True, recommend=True,
+                                  target={"absolute": 0.0})
+    notes = result.recommendation.notes
+    assert len(notes) == 1 and notes[0].startswith("aimet_compat:")  # no "encodings differ" note
+    want = MODEL["runs"]["w4a8_tf_enhanced_default"]["analyzer_files"]["per_layer_mse_loss.json"]
+    got = json.loads((tmp_path / "per_layer_mse_loss.json").read_text())
+    assert all(got[n] == pytest.approx(want[n], rel=1e-6) for n in want)
