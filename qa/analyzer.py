@@ -489,13 +489,14 @@ class QuantAnalyzer:
         batch_means: Dict[str, float] = {}  # aimet_compat: the sum over batches of each batch's MSE
         with Progress(self._mse_batches, "per-layer MSE", self.progress) as bar:
             for batch in itertools.islice(iter(self._mse_data), self._mse_batches):
-                before = {n: e.totals() for n, e in cumulative.items()}
+                before = {n: e.totals() for n, e in cumulative.items()} if compat else {}
                 self._mse_batch(sim, batch, refs, cumulative, local, passes)
-                for n, e in cumulative.items():
-                    (sse0, n0), (sse, count) = before.get(n, (0.0, 0)), e.totals()
-                    if count > n0:
-                        batch_means[n] = batch_means.get(n, 0.0) + (sse - sse0) / (count - n0)
-                samples += _samples(batch)
+                if compat:
+                    for n, e in cumulative.items():
+                        (sse0, n0), (sse, count) = before.get(n, (0.0, 0)), e.totals()
+                        if count > n0:
+                            batch_means[n] = batch_means.get(n, 0.0) + (sse - sse0) / (count - n0)
+                    samples += _samples(batch)
                 batches += 1
                 bar.update()
         if batches == 0:

@@ -81,7 +81,7 @@ from .report import ResultsDir
 from .sim import QuantSim
 
 __all__ = ["recommend", "Recommendation", "Candidate", "Change", "Target", "parse_target", "CHANGE_KINDS",
-           "RECOMMENDATION_FILE", "CONFIG_FILE", "AIMET_CONFIG_FILE", "RECOMMENDATION_SCHEMA_VERSION", "aimet_config"]
+           "RECOMMENDATION_FILE", "CONFIG_FILE", "AIMET_CONFIG_FILE", "RECOMMENDATION_SCHEMA_VERSION", "aimet_plan_config"]
 
 log = logging.getLogger("qa")
 
@@ -550,7 +550,7 @@ def _config_mismatch(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]
     return out
 
 
-def aimet_config(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+def aimet_plan_config(sim: QuantSim, variant: QuantSim, config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
     """The plan in AIMET's own config format, and the layers whose changes it cannot hold.
 
     AIMET's quantsim config has no per-layer section and its schema refuses unknown keys: qa's
@@ -761,8 +761,8 @@ def recommend(analyzer: Any, sim: QuantSim, result: Any, *, target: Any = None, 
             log.warning("recommend: %s", rec.notes[-1])
     _log_plan(rec)
     rec.seconds = time.perf_counter() - t0
-    rec.aimet_config, rec.aimet_per_layer = (aimet_config(sim, plan_sim, rec.config) if plan_sim is not None
-                                             else (merged_config(dump_config(sim.config), []), []))
+    # without a plan: the analysis's config in AIMET's form (its qa extensions left out too)
+    rec.aimet_config, rec.aimet_per_layer = aimet_plan_config(sim, plan_sim or sim, rec.config)
     rec.files = [out.write_json(rec.config, CONFIG_FILE), out.write_json(rec.aimet_config, AIMET_CONFIG_FILE)]
     rec.files.append(out.write_json(rec.to_dict(), RECOMMENDATION_FILE))
     if report:

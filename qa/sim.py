@@ -210,11 +210,9 @@ class QuantSim:
 
     def _encode(self, q: Quantizer, obs: Any) -> Encoding:
         if self.aimet_compat:
-            from . import aimet_compat
+            from .aimet_compat import aimet_encoding
 
-            if q.fixed_range is None:
-                return aimet_compat.aimet_encoding(obs, q.bitwidth, q.symmetric, self.percentile)
-            return aimet_compat.aimet_encoding(obs, q.bitwidth, q.symmetric, self.percentile, fixed=q.fixed_range)
+            return aimet_encoding(obs, q.bitwidth, q.symmetric, self.percentile, fixed=q.fixed_range)
         enc = compute_encoding(obs, self.scheme_of(q).value, q.bitwidth, symmetric=q.symmetric, strict=q.strict,
                                unsigned_symmetric=q.unsigned_symmetric, percentile=self.percentile)
         if q.fixed_range is None:
@@ -241,8 +239,7 @@ class QuantSim:
                 continue
             q.encoding = self._encode_weight(q, obs, values)
             self.stats[q.name] = obs
-            quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
-            self._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
+            self._prepare_weight(definition, values, q.encoding)
         observers = {q.name: self._observer(q) for q in self.quantizers.values() if q.enabled and not q.is_param}
         # qa observes the FP32 model; AIMET 2.x calibrates with the quantized weights (activations pass through)
         running = (ActiveSet({n: v for n, v in self._prepared.items() if self.quantizers[n].is_param},
@@ -263,6 +260,11 @@ class QuantSim:
         self._chain = frozenset(n for n in self.enabled if not self.quantizers[n].is_param)
         self.calibrated = True
 
+    def _prepare_weight(self, definition: Quantizer, values: np.ndarray, encoding: Encoding) -> None:
+        """A weight's quantized form in the adapter's terms, from its float values and encoding."""
+        self._prepared[definition.name] = self.adapter.prepare_weight(
+            definition, encoding.fake_quantize(values, rounding=self.rounding))
+
     def _encode_weight(self, q: Quantizer, obs: Any, values: np.ndarray) -> Encoding:
         """A weight's encoding; AIMET 2.x first tries to read a symmetric weight as integer codes
         times one scale (a weight quantized already keeps its grid)."""
@@ -280,7 +282,7 @@ class QuantSim:
         input encoding: its own input quantizer, or the output quantizer upstream)."""
         from .aimet_compat import protect_weight
 
-        values = {d.name: v for d, v in self.adapter.weights()}
+        weights = {d.name: (d, v) for d, v in self.adapter.weights()}
         for layer in self.graph.layers:
             if layer.op_type not in _PROTECTED:
                 continue
@@ -288,15 +290,14 @@ class QuantSim:
                            and q.enabled and q.encoding is not None), None)
             if weight is None:
                 continue
-            bias = next((values.get(q.name) for q in layer.quantizers if q.is_param and q.param == "bias"), None)
+            bias = next((weights[q.name][1] for q in layer.quantizers if q.is_param and q.param == "bias"
+                         and q.name in weights), None)
             out = next((q.encoding for q in layer.quantizers if q.kind == OUTPUT and q.enabled), None)
             protected = protect_weight(weight.encoding, bias, self._input_encoding(layer), out)
             if protected is not weight.encoding:
                 self._unprotected[weight.name] = weight.encoding
                 weight.encoding = protected
-                definition = next(d for d, _ in self.adapter.weights() if d.name == weight.name)
-                self._prepared[weight.name] = self.adapter.prepare_weight(
-                    definition, protected.fake_quantize(values[weight.name], rounding=self.rounding))
+                self._prepare_weight(*weights[weight.name], protected)
 
     @contextlib.contextmanager
     def aimet_unprotected_weights(self) -> Iterator[None]:
@@ -307,14 +308,12 @@ class QuantSim:
         if not self._unprotected:
             yield
             return
-        values = {d.name: (d, v) for d, v in self.adapter.weights()}
+        weights = {d.name: (d, v) for d, v in self.adapter.weights()}
         kept = {n: (self.quantizers[n].encoding, self._prepared[n]) for n in self._unprotected}
         try:
             for name, encoding in self._unprotected.items():
-                definition, array = values[name]
                 self.quantizers[name].encoding = encoding
-                self._prepared[name] = self.adapter.prepare_weight(
-                    definition, encoding.fake_quantize(array, rounding=self.rounding))
+                self._prepare_weight(*weights[name], encoding)
             self.activate()
             yield
         finally:
@@ -511,8 +510,7 @@ class QuantSim:
             if obs.seen_finite:  # as in compute_encodings
                 q.encoding = new._encode(q, obs)
                 new.stats[q.name] = obs
-                quantized = q.encoding.fake_quantize(values, rounding=self.rounding)
-                new._prepared[q.name] = self.adapter.prepare_weight(definition, quantized)
+                new._prepare_weight(definition, values, q.encoding)
         return new
 
     def adopt(self, states: Mapping[str, Quantizer]) -> "QuantSim":
@@ -580,8 +578,7 @@ class QuantSim:
         for definition, values in (self.adapter.weights() if weights else ()):
             q = self.quantizers[definition.name]
             if q.name in weights:
-                self._prepared[q.name] = self.adapter.prepare_weight(
-                    definition, q.encoding.fake_quantize(values, rounding=self.rounding))
+                self._prepare_weight(definition, values, q.encoding)
         for name in ready - weights:
             q = self.quantizers[name]
             self._prepared[name] = self.adapter.prepare_activation(q, q.encoding, self.rounding)

@@ -209,7 +209,7 @@ def test_a_change_aimet_can_hold_moves_to_its_op_type(analysed):
     change = [c for c in qa.recommend._Layer(sim, "fc", {}).changes(["param_bw"]) if c.value == 8]
     config = merged_config(dump_config(sim.config), change)
     planned = sim.derive(merged_settings(change))
-    aimet, left = qa.recommend.aimet_config(sim, planned, config)
+    aimet, left = qa.recommend.aimet_plan_config(sim, planned, config)
     assert left == [] and "layers" not in aimet
     assert aimet["op_type"]["Gemm"]["supported_kernels"][0]["param"]["bitwidth"] == 8
     jsonschema.validate(aimet, _aimet_schema())
